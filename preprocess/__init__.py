@@ -1,0 +1,1 @@
+"""Apache Beam job turning raw text into tokenized, masked BERT sentence-pair Arrow shards."""

@@ -1,0 +1,20 @@
+"""``python -m preprocess [options]`` runs the job; ``python -m preprocess inspect DIR`` reports on a dataset."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "inspect":
+        from preprocess.report import main as inspect_main
+
+        return inspect_main(argv[1:])
+    from preprocess.job import main as job_main
+
+    return job_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

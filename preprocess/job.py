@@ -1,0 +1,128 @@
+"""Running the preprocessing job: runner choice, inputs, output directory, summary.
+
+With no ``--runner``, the job runs on Beam's FnApiRunner in multi-processing mode
+with one worker per local core: no Prism download is attempted (Beam's default
+runner tries one first, which fails offline). Any runner option given is passed
+through unchanged, so the same command runs on Dataflow, Flink or Spark.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from preprocess.config import ConfigError, PreprocessConfig
+from preprocess.documents import MAX_FILES
+from preprocess.manifest import MANIFEST_NAME
+from preprocess.pipeline import build_pipeline
+from preprocess.tokenization import TokenizerSpec, build_tokenizer, save_vocab_copy, vocab_info
+
+log = logging.getLogger("preprocess")
+
+
+def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | None]:
+    """Beam options, and an explicit local runner when none was asked for."""
+    opts = PipelineOptions(beam_args)
+    if opts.view_as(StandardOptions).runner is not None:
+        return opts, None
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    direct = opts.view_as(DirectOptions)
+    if not direct.direct_num_workers:
+        direct.direct_num_workers = os.cpu_count() or 1
+    if not any(a.startswith("--direct_running_mode") for a in beam_args):
+        direct.direct_running_mode = "multi_processing" if direct.direct_num_workers > 1 else "in_memory"
+    return opts, FnApiRunner()
+
+
+def expand_inputs(patterns: tuple[str, ...]) -> list[str]:
+    """Sorted, de-duplicated files matching the patterns; an unmatched pattern is an error."""
+    files: set[str] = set()
+    for pattern in patterns:
+        try:
+            matched = FileSystems.match([pattern])[0].metadata_list
+        except Exception as e:  # noqa: BLE001 - Beam raises BeamIOError for a missing literal path
+            raise ConfigError(f"--input {pattern}: {e}") from e
+        paths = [m.path for m in matched if not m.path.endswith("/")]
+        if not paths:
+            raise ConfigError(f"--input {pattern}: no files match")
+        files.update(paths)
+    if len(files) > MAX_FILES:
+        raise ConfigError(f"--input: {len(files)} files; at most {MAX_FILES} are supported (merge small files)")
+    return sorted(files)
+
+
+def prepare_output(output: str) -> None:
+    """Create the directory; remove a previous run's manifest and shards first.
+
+    The old manifest goes before anything else, so a reader never pairs it with
+    new shards; a directory without a manifest is not a dataset.
+    """
+    if not FileSystems.exists(output):
+        FileSystems.mkdirs(output)
+    manifest = FileSystems.join(output, MANIFEST_NAME)
+    if FileSystems.exists(manifest):
+        FileSystems.delete([manifest])
+    for split in ("train", "validation"):
+        pattern = FileSystems.join(output, split, "shard-*.arrow*")
+        stale = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+        if stale:
+            FileSystems.delete(stale)
+
+
+def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
+    """Run the job to completion and return the manifest."""
+    cfg.validate()
+    spec = TokenizerSpec(cfg.vocab, cfg.lower_case)
+    vocab = vocab_info(build_tokenizer(spec), spec)  # fails here, before any work, on a bad vocab
+    files = expand_inputs(cfg.inputs)
+    opts, runner = pipeline_options(beam_args)
+    prepare_output(cfg.output)
+    save_vocab_copy(spec, cfg.output)
+    log.info("preprocessing %d input files into %s", len(files), cfg.output)
+    p = beam.Pipeline(runner=runner, options=opts) if runner else beam.Pipeline(options=opts)
+    build_pipeline(p, cfg, files, vocab)
+    p.run().wait_until_finish()
+    with FileSystems.open(FileSystems.join(cfg.output, MANIFEST_NAME)) as f:
+        return json.loads(f.read())
+
+
+def summary(manifest: dict) -> str:
+    lines = []
+    for name, split in manifest["splits"].items():
+        st = split["stats"]
+        lines.append(
+            f"{name}: {split['rows']:,} sequences, {split['tokens']:,} tokens in {len(split['shards'])} shards; "
+            f"NotNext {st['next_sentence_random_fraction']:.3f}, masked {st['masked_fraction']:.3f}, "
+            f"[UNK] {st['unk_rate']:.4f}, truncated tokens {st.get('tokens_truncated', 0):,}"
+        )
+    docs = manifest["documents"]
+    skipped = {k: v for k, v in docs.items() if k.startswith(("file_", "line_", "json_", "document_")) and v}
+    lines.append(
+        f"documents: {docs.get('documents_read', 0):,} read, {docs.get('documents_used', 0):,} used"
+        + (f"; counted: {json.dumps(skipped, sort_keys=True)}" if skipped else "")
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from preprocess.config import parse_args
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
+        manifest = run(cfg, beam_args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(manifest))
+    if manifest["splits"]["train"]["rows"] == 0:
+        print("error: no training sequences were produced; see the counts above", file=sys.stderr)
+        return 1
+    return 0

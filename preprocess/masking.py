@@ -1,0 +1,158 @@
+"""Masked-LM target selection, vectorised over a batch of sequences.
+
+Plain functions on numpy arrays. A batch is a flat token array plus row offsets
+(the layout of an Arrow list column), so thousands of sequences are masked with a
+handful of numpy calls. Every random draw is keyed by (instance key, position), so a
+sequence gets the same mask whichever batch it lands in.
+
+Rules, as in Google's reference:
+
+* candidates are every position but [CLS] and the two [SEP]s (never [PAD]: rows are
+  stored unpadded);
+* ``n = min(max_predictions_per_seq, max(1, round(len(tokens) * masked_lm_prob)))``
+  with Python's half-to-even rounding, ``len`` counting the special tokens;
+* each chosen position: 80% [MASK], 10% unchanged, 10% a random token. The reference
+  draws the random token from the whole vocabulary, special and ``[unused*]`` entries
+  included; here it is drawn from ordinary tokens only (see :class:`MaskVocab`);
+* with whole-word masking, ``##`` continuation pieces join their word, words are
+  taken in random order, and a word that would overflow ``n`` is skipped.
+
+The original ids are recoverable: ``input_ids[positions] = labels``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from preprocess import rng
+
+ACTION_MASK, ACTION_KEEP, ACTION_RANDOM = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class MaskingParams:
+    masked_lm_prob: float = 0.15
+    max_predictions_per_seq: int = 20
+    whole_word_mask: bool = False
+
+
+@dataclass(frozen=True)
+class MaskVocab:
+    """What masking needs to know about the vocabulary."""
+
+    mask_id: int
+    random_ids: np.ndarray  # ids a "random token" replacement draws from
+    is_continuation: np.ndarray  # bool per id: a "##" piece that joins the previous token
+
+
+@dataclass
+class MaskedBatch:
+    input_ids: np.ndarray  # flat, masked
+    positions: np.ndarray  # flat, sorted within each row
+    labels: np.ndarray  # flat original ids at ``positions``
+    label_offsets: np.ndarray  # (rows + 1,) row boundaries into positions/labels
+    actions: np.ndarray  # (3,) counts of [MASK] / unchanged / random replacements
+
+
+def num_to_predict(lengths: np.ndarray, params: MaskingParams) -> np.ndarray:
+    """Prediction budget per row; ``lengths`` count [CLS] and both [SEP]s."""
+    n = np.maximum(1, np.round(lengths * params.masked_lm_prob).astype(np.int64))
+    n = np.minimum(n, params.max_predictions_per_seq)
+    return np.minimum(n, np.maximum(lengths - 3, 0))
+
+
+def mask_batch(
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    b_starts: np.ndarray,
+    keys: np.ndarray,
+    params: MaskingParams,
+    vocab: MaskVocab,
+) -> MaskedBatch:
+    """Mask a batch of ``[CLS] A [SEP] B [SEP]`` rows.
+
+    tokens: (total_tokens,) ids of all rows back to back; offsets: (rows + 1,);
+    b_starts: (rows,) index in each row where B starts (so its first [SEP] is at
+    ``b_start - 1``); keys: (rows,) uint64 instance keys.
+    """
+    rows = len(offsets) - 1
+    lengths = np.diff(offsets)
+    row_of = np.repeat(np.arange(rows), lengths)
+    pos = np.arange(len(tokens)) - np.repeat(offsets[:-1], lengths)
+    candidate = (pos != 0) & (pos != np.repeat(b_starts - 1, lengths)) & (pos != np.repeat(lengths - 1, lengths))
+    budget = num_to_predict(lengths, params)
+    token_keys = np.repeat(keys, lengths)
+
+    if params.whole_word_mask:
+        chosen = _choose_whole_words(tokens, offsets, candidate, budget, token_keys, pos, vocab)
+    else:
+        chosen = _choose_tokens(row_of, candidate, budget, token_keys, pos)
+
+    idx = np.flatnonzero(chosen)  # ascending: rows in order, positions sorted within rows
+    labels = tokens[idx].copy()
+    masked = tokens.copy()
+    k, p = token_keys[idx], pos[idx].astype(np.uint64)
+    u_action = rng.uniform(rng.mix(k, rng.PURPOSE_MASK_ACTION, p))
+    u_keep = rng.uniform(rng.mix(k, rng.PURPOSE_MASK_KEEP, p))
+    u_token = rng.uniform(rng.mix(k, rng.PURPOSE_MASK_TOKEN, p))
+    action = np.where(u_action < 0.8, ACTION_MASK, np.where(u_keep < 0.5, ACTION_KEEP, ACTION_RANDOM))
+    random_ids = vocab.random_ids[(u_token * len(vocab.random_ids)).astype(np.int64)]
+    masked[idx] = np.where(action == ACTION_MASK, vocab.mask_id, np.where(action == ACTION_KEEP, labels, random_ids))
+
+    per_row = np.bincount(row_of[idx], minlength=rows)
+    label_offsets = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(per_row, out=label_offsets[1:])
+    return MaskedBatch(
+        input_ids=masked,
+        positions=pos[idx],
+        labels=labels,
+        label_offsets=label_offsets,
+        actions=np.bincount(action, minlength=3),
+    )
+
+
+def _choose_tokens(row_of, candidate, budget, token_keys, pos) -> np.ndarray:
+    """The first ``budget`` candidates of each row in keyed random order."""
+    order_key = rng.uniform(rng.mix(token_keys, rng.PURPOSE_MASK_ORDER, pos.astype(np.uint64)))
+    order_key[~candidate] = 2.0  # non-candidates sort last
+    order = np.lexsort((order_key, row_of))
+    starts = np.searchsorted(row_of[order], np.arange(len(budget)))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - np.repeat(starts, np.bincount(row_of, minlength=len(budget)))
+    return (rank < budget[row_of]) & candidate
+
+
+def _choose_whole_words(tokens, offsets, candidate, budget, token_keys, pos, vocab) -> np.ndarray:
+    """Greedy whole-word selection, per row (the skip-if-overflow rule is sequential)."""
+    chosen = np.zeros(len(tokens), dtype=bool)
+    joins = vocab.is_continuation[tokens] & candidate
+    # A word starts at every candidate that is not a continuation piece.
+    word_start = candidate & ~joins
+    order_key = rng.uniform(rng.mix(token_keys, rng.PURPOSE_MASK_ORDER, pos.astype(np.uint64)))
+    for r in range(len(offsets) - 1):
+        lo, hi = int(offsets[r]), int(offsets[r + 1])
+        starts = np.flatnonzero(word_start[lo:hi])
+        if len(starts) == 0:
+            continue
+        # A word runs from its start through the continuation pieces that follow it.
+        ends = np.append(starts[1:], hi - lo)
+        cand = candidate[lo:hi]
+        words = []
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            e2 = s + 1
+            while e2 < e and joins[lo + e2]:
+                e2 += 1
+            if cand[s]:
+                words.append((s, e2))
+        n, taken = int(budget[r]), 0
+        for w in np.argsort(order_key[lo + np.array([s for s, _ in words])], kind="stable").tolist():
+            if taken >= n:
+                break
+            s, e = words[w]
+            if taken + (e - s) > n:
+                continue
+            chosen[lo + s : lo + e] = True
+            taken += e - s
+    return chosen

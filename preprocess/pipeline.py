@@ -1,0 +1,410 @@
+"""The Beam pipeline: read -> split -> tokenize -> pair -> mask -> write.
+
+Each stage is a named ``PTransform``; the logic lives in plain functions elsewhere
+(:mod:`documents`, :mod:`sentences`, :mod:`tokenization`, :mod:`pairs`,
+:mod:`masking`, :mod:`shards`). Skipped items are counted twice: as Beam metrics
+for live monitoring, and as data folded into the manifest, so the manifest's counts
+are exact on every runner.
+
+Shuffles. Pairing emits, per document, its IsNext pairs, its random-next requests
+(segment A waiting for a B) and as many donor segments (B candidates) as requests.
+All three are keyed by a bucket taken from the top bits of a random 64-bit key and
+meet in one ``GroupByKey``: there a request draws a donor of another document from
+its bucket, and since requests and donors land in buckets at random, the donor is a
+random one from the whole split, not from a fixed partition. The same keys define
+the output order: buckets are contiguous key ranges, so sorting each bucket by key
+and offsetting by the row counts of earlier buckets (a side input) gives every row
+its global position, and shard ``s`` of ``S`` takes positions
+``[s*N/S, (s+1)*N/S)``: shards differ by at most one row. A second ``GroupByKey``
+gathers each shard's rows for writing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import AsDict, AsList, TaggedOutput
+
+from preprocess import rng
+from preprocess.config import PreprocessConfig
+from preprocess.documents import ReadParams, file_format, read_documents
+from preprocess.manifest import MANIFEST_NAME, add_stats, build_manifest, dumps, split_summary
+from preprocess.pairs import PairingParams, pair_document, resolve_random_next, truncate_pairs
+from preprocess.sentences import split_sentences
+from preprocess.shards import (
+    RowSpec,
+    ShardInfo,
+    build_rows,
+    checksum,
+    encode_shard,
+    schema,
+    shard_name,
+    write_atomically,
+)
+from preprocess.tokenization import TokenizerSpec, VocabInfo, build_tokenizer, encode_sentences
+
+STATS = "stats"
+NAMESPACE = "preprocess"
+
+
+def _count(stats: Counter | dict, group: str):
+    """Beam metrics for the counts, and the same counts as a stats record."""
+    for k, v in stats.items():
+        if v:
+            Metrics.counter(NAMESPACE, k).inc(v)
+    return TaggedOutput(STATS, (group, dict(stats)))
+
+
+class SumStats(beam.CombineFn):
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, stats):
+        return add_stats(acc, stats)
+
+    def merge_accumulators(self, accs):
+        out = {}
+        for a in accs:
+            out = add_stats(out, a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+# ---------------------------------------------------------------- read
+class _ReadFileFn(beam.DoFn):
+    def __init__(self, params: ReadParams):
+        self.params = params
+
+    def process(self, item):
+        file_index, path = item
+        stats: Counter = Counter()
+        stats["files"] += 1
+        try:
+            with FileSystems.open(path) as f:
+                yield from read_documents(f, file_index, file_format(path, self.params), self.params, stats)
+        except (OSError, EOFError, ValueError) as e:
+            # Corrupt compressed data raises one of these mid-stream: documents already
+            # yielded are kept, the rest of the file is lost and counted.
+            opened = stats["documents_read"] > 0 or stats["line_invalid_utf8"] > 0
+            stats["file_corrupt" if opened or _is_compressed(path) else "file_unreadable"] += 1
+            Metrics.counter(NAMESPACE, "errors").inc()
+            _log_skip(path, e)
+        yield _count(stats, "documents")
+
+
+def _is_compressed(path: str) -> bool:
+    return path.lower().endswith((".gz", ".bz2", ".zst", ".deflate"))
+
+
+def _log_skip(path: str, e: Exception) -> None:
+    import logging
+
+    logging.getLogger(NAMESPACE).warning("input %s: %s: %s (counted, job continues)", path, type(e).__name__, e)
+
+
+class ReadCorpus(beam.PTransform):
+    """(file index, path) -> Document; stats to the ``stats`` output."""
+
+    def __init__(self, params: ReadParams):
+        super().__init__()
+        self.params = params
+
+    def expand(self, files):
+        return files | beam.ParDo(_ReadFileFn(self.params)).with_outputs(STATS, main="documents")
+
+
+# ---------------------------------------------------------------- split
+class SplitSentences(beam.PTransform):
+    """Document -> (doc_id, [sentence, ...])."""
+
+    def __init__(self, language: str):
+        super().__init__()
+        self.language = language
+
+    def expand(self, docs):
+        language = self.language
+        return docs | beam.Map(lambda d: (d.doc_id, split_sentences(d.lines, language)))
+
+
+# ---------------------------------------------------------------- tokenize
+@dataclass(frozen=True)
+class TokenizedDocument:
+    doc_id: int
+    sentences: list  # list of int32 arrays, none empty, none longer than max_seq_length
+
+
+class _TokenizeFn(beam.DoFn):
+    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int):
+        self.spec = spec
+        self.max_sentence_tokens = max_sentence_tokens
+
+    def setup(self):
+        self.tokenizer = build_tokenizer(self.spec)
+
+    def process(self, batch):
+        flat = [s for _, sents in batch for s in sents]
+        ids = encode_sentences(self.tokenizer, flat) if flat else []
+        stats: Counter = Counter()
+        i = 0
+        cap = self.max_sentence_tokens
+        for doc_id, sents in batch:
+            tokens = []
+            for arr in ids[i : i + len(sents)]:
+                if len(arr) == 0:
+                    continue
+                if len(arr) > cap:
+                    stats["sentences_cut_long"] += 1
+                    tokens.extend(arr[j : j + cap] for j in range(0, len(arr), cap))
+                else:
+                    tokens.append(arr)
+            i += len(sents)
+            if not tokens:
+                stats["document_no_tokens"] += 1
+                continue
+            stats["documents_used"] += 1
+            stats["sentences"] += len(tokens)
+            if len(tokens) == 1:
+                stats["documents_single_sentence"] += 1
+            yield TokenizedDocument(doc_id, tokens)
+        yield _count(stats, "documents")
+
+
+class TokenizeDocuments(beam.PTransform):
+    """(doc_id, sentences) -> TokenizedDocument, batched through ``encode_batch``."""
+
+    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int):
+        super().__init__()
+        self.spec = spec
+        self.max_sentence_tokens = max_sentence_tokens
+
+    def expand(self, docs):
+        return (
+            docs
+            | "Batch" >> beam.BatchElements(min_batch_size=16, max_batch_size=256)
+            | "Encode" >> beam.ParDo(_TokenizeFn(self.spec, self.max_sentence_tokens)).with_outputs(STATS, main="docs")
+        )
+
+
+# ---------------------------------------------------------------- pair
+def bucket_of(key: int, buckets: int) -> int:
+    """Buckets are contiguous ranges of the 64-bit key space."""
+    return ((key >> 32) * buckets) >> 32
+
+
+class _PairFn(beam.DoFn):
+    def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int):
+        self.split, self.params, self.dupe_factor, self.seed, self.buckets = split, params, dupe_factor, seed, buckets
+
+    def process(self, doc: TokenizedDocument):
+        by_bucket: dict[int, tuple[list, list, list]] = defaultdict(lambda: ([], [], []))
+        stats: Counter = Counter()
+        stats["documents"] += 1
+        for pass_index in range(self.dupe_factor):
+            made = pair_document(doc.doc_id, doc.sentences, pass_index, self.seed, self.params)
+            for p in made.pairs:
+                by_bucket[bucket_of(p.key, self.buckets)][0].append(p)
+            for q in made.requests:
+                by_bucket[bucket_of(q.key, self.buckets)][1].append(q)
+            for d in made.donors:
+                by_bucket[bucket_of(d.key, self.buckets)][2].append(d)
+            stats["pairs_unpairable"] += made.unpairable
+        for bucket, items in by_bucket.items():
+            if items[0] or items[1]:
+                yield TaggedOutput("counts", (bucket, len(items[0]) + len(items[1])))
+            yield bucket, items
+        yield _count(stats, self.split)
+
+
+class CreatePairs(beam.PTransform):
+    """TokenizedDocument -> (bucket, (pairs, requests, donors)); row counts per bucket."""
+
+    def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int):
+        super().__init__()
+        self.args = (split, params, dupe_factor, seed, buckets)
+
+    def expand(self, docs):
+        return docs | beam.ParDo(_PairFn(*self.args)).with_outputs(STATS, "counts", main="items")
+
+
+# ---------------------------------------------------------------- mask
+class _ResolveAndMaskFn(beam.DoFn):
+    def __init__(self, split: str, spec: RowSpec, max_num_tokens: int, num_shards: int):
+        self.split, self.spec, self.max_num_tokens, self.num_shards = split, spec, max_num_tokens, num_shards
+
+    def process(self, element, counts: dict):
+        bucket, groups = element
+        pairs, requests, donors = [], [], []
+        for p, q, d in groups:
+            pairs += p
+            requests += q
+            donors += d
+        resolved, unresolved = resolve_random_next(requests, donors)
+        pairs, truncated = truncate_pairs(pairs + resolved, self.max_num_tokens)
+        stats: Counter = Counter(random_next_unresolved=unresolved, tokens_truncated=truncated)
+        out_stats = dict(stats)
+        if pairs:
+            pairs.sort(key=lambda p: p.key)
+            batch, _, row_stats = build_rows(pairs, self.spec)
+            out_stats = add_stats(out_stats, row_stats)
+            total = sum(counts.values())
+            shards = min(self.num_shards, total)
+            first = sum(c for b, c in counts.items() if b < bucket)
+            positions = first + np.arange(len(pairs))
+            shard_of = positions * shards // total
+            for s in np.unique(shard_of).tolist():
+                idx = np.flatnonzero(shard_of == s)
+                # take() copies: a slice would drag (and pickle) the whole batch's buffers
+                yield (int(s), shards), (int(positions[idx[0]]), batch.take(idx))
+        for k, v in stats.items():
+            if v:
+                Metrics.counter(NAMESPACE, k).inc(v)
+        yield TaggedOutput(STATS, (self.split, out_stats))
+
+
+class MaskInstances(beam.PTransform):
+    """Resolve random-next B segments, truncate, mask; -> ((shard, shards), (position, rows))."""
+
+    def __init__(self, split: str, spec: RowSpec, max_num_tokens: int, num_shards: int, counts):
+        super().__init__()
+        self.args = (split, spec, max_num_tokens, num_shards)
+        self.counts = counts
+
+    def expand(self, items):
+        return (
+            items
+            | "GroupByBucket" >> beam.GroupByKey()
+            | "ResolveMask" >> beam.ParDo(_ResolveAndMaskFn(*self.args), counts=AsDict(self.counts)).with_outputs(
+                STATS, main="rows"
+            )
+        )
+
+
+# ---------------------------------------------------------------- write
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, output: str, split: str, token_dtype: str, metadata: dict):
+        self.output, self.split, self.token_dtype, self.metadata = output, split, token_dtype, metadata
+
+    def process(self, element):
+        (shard, shards), pieces = element
+        pieces = sorted(pieces, key=lambda x: x[0])
+        meta = {**self.metadata, "split": self.split, "shard": str(shard), "shards": str(shards)}
+        sch = schema(np.dtype(self.token_dtype), meta)
+        batches = [b.replace_schema_metadata(sch.metadata) for _, b in pieces]
+        data = encode_shard(batches, sch)
+        rel = shard_name(self.split, shard, shards)
+        write_atomically(FileSystems.join(self.output, rel), data)
+        rows = sum(b.num_rows for b in batches)
+        tokens = sum(len(b.column(0).flatten()) for b in batches)
+        Metrics.counter(NAMESPACE, "shards_written").inc()
+        yield ShardInfo(rel, rows, tokens, len(data), checksum(data))
+
+
+class WriteShards(beam.PTransform):
+    def __init__(self, output: str, split: str, token_dtype: str, metadata: dict):
+        super().__init__()
+        self.args = (output, split, token_dtype, metadata)
+
+    def expand(self, rows):
+        return rows | "GroupByShard" >> beam.GroupByKey() | "Write" >> beam.ParDo(_WriteShardFn(*self.args))
+
+
+# ---------------------------------------------------------------- manifest
+class _WriteManifestFn(beam.DoFn):
+    def __init__(self, output: str, header: dict):
+        self.output, self.header = output, header
+
+    def process(self, _, shards: list, stats: dict):
+        splits = {}
+        for split in self.header["split_names"]:
+            mine = [s for s in shards if s.path.startswith(split + "/")]
+            splits[split] = split_summary(mine, stats.get(split, {}))
+        manifest = build_manifest(
+            self.header["config"], self.header["vocab"], self.header["inputs"], stats.get("documents", {}), splits
+        )
+        write_atomically(FileSystems.join(self.output, MANIFEST_NAME), dumps(manifest))
+        yield manifest
+
+
+def split_of(doc_id: int, fraction: float) -> str:
+    """Deterministic split by document hash, independent of seed and dupe factor."""
+    if fraction <= 0:
+        return "train"
+    u = float(rng.uniform(rng.mix(rng.PURPOSE_SPLIT, doc_id))[0])
+    return "validation" if u < fraction else "train"
+
+
+def build_pipeline(p: beam.Pipeline, cfg: PreprocessConfig, files: list[str], vocab: VocabInfo) -> None:
+    """Add the whole job to ``p``; the manifest is written after every shard."""
+    spec = TokenizerSpec(cfg.vocab, cfg.lower_case)
+    row_spec = RowSpec(
+        max_seq_length=cfg.max_seq_length,
+        cls_id=vocab.cls_id,
+        sep_id=vocab.sep_id,
+        unk_id=vocab.unk_id,
+        token_dtype=vocab.token_dtype.name,
+        masking=cfg.masking,
+        mask_vocab=vocab.mask_vocab(),
+    )
+    metadata = {
+        "format": "bert-pretraining-arrow",
+        "format_version": "1",
+        "vocab_fingerprint": vocab.fingerprint,
+        "vocab_size": str(vocab.size),
+        "max_seq_length": str(cfg.max_seq_length),
+        "masked_lm_prob": repr(cfg.masked_lm_prob),
+        "max_predictions_per_seq": str(cfg.max_predictions_per_seq),
+        "whole_word_mask": str(cfg.whole_word_mask).lower(),
+        "seed": str(cfg.seed),
+    }
+    shard_counts = {"train": cfg.num_shards}
+    if cfg.validation_fraction > 0:
+        shard_counts["validation"] = cfg.validation_shards
+
+    docs, read_stats = p | "ListFiles" >> beam.Create(list(enumerate(files))) | "Read" >> ReadCorpus(cfg.read_params)
+    sentences = docs | "Split" >> SplitSentences(cfg.language)
+    tokenized, token_stats = sentences | "Tokenize" >> TokenizeDocuments(spec, cfg.max_seq_length)
+    by_split = tokenized | "AssignSplit" >> beam.Partition(
+        lambda d, n, frac=cfg.validation_fraction: 0 if split_of(d.doc_id, frac) == "train" else 1, 2
+    )
+    all_stats = [read_stats, token_stats]
+    all_shards = []
+    for i, (split, shards) in enumerate(shard_counts.items()):
+        items, pair_stats, counts = by_split[i] | f"Pair[{split}]" >> CreatePairs(
+            split, cfg.pairing, cfg.dupe_factor, cfg.seed, shards
+        )
+        bucket_counts = counts | f"CountRows[{split}]" >> beam.CombinePerKey(sum)
+        rows, mask_stats = items | f"Mask[{split}]" >> MaskInstances(
+            split, row_spec, cfg.pairing.max_num_tokens, shards, bucket_counts
+        )
+        all_shards.append(rows | f"Write[{split}]" >> WriteShards(cfg.output, split, vocab.token_dtype.name, metadata))
+        all_stats += [pair_stats, mask_stats]
+
+    stats = (
+        all_stats
+        | "FlattenStats" >> beam.Flatten()
+        | "SumStats" >> beam.CombinePerKey(SumStats())
+    )
+    shard_list = all_shards | "FlattenShards" >> beam.Flatten()
+    header = {
+        "config": {k: v for k, v in cfg.to_dict().items() if k != "output"},
+        "vocab": {"fingerprint": vocab.fingerprint, "size": vocab.size, "token_dtype": vocab.token_dtype.name,
+                  "file": "tokenizer.json" if spec.is_json else "vocab.txt", "lower_case": cfg.lower_case},
+        "inputs": files,
+        "split_names": list(shard_counts),
+    }
+    _ = (
+        p
+        | "ManifestTrigger" >> beam.Create([None])
+        | "WriteManifest" >> beam.ParDo(
+            _WriteManifestFn(cfg.output, header),
+            shards=AsList(shard_list),
+            stats=AsDict(stats),
+        )
+    )

@@ -1,0 +1,194 @@
+"""Reading a preprocessed dataset: validated, memory-mapped, random access by row.
+
+``PretrainingDataset(dir, split)`` checks the manifest against the files before
+anything is read: every listed shard must exist with the listed size (a truncated
+copy is caught without reading it), carry the manifest's vocabulary fingerprint and
+row count, and optionally match its sha256. Errors name the file and say what is
+wrong. Shards are memory-mapped: opening a terabyte dataset costs page-table
+entries, not RAM, and every worker process shares the page cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from preprocess.manifest import MANIFEST_NAME
+from preprocess.shards import FORMAT_NAME, FORMAT_VERSION
+
+
+class DatasetError(ValueError):
+    """The dataset directory is incomplete, corrupt or does not fit what was expected."""
+
+
+def load_manifest(path: str) -> dict[str, Any]:
+    file = os.path.join(path, MANIFEST_NAME)
+    if not os.path.exists(file):
+        raise DatasetError(
+            f"{file}: no manifest. The directory is not a finished dataset "
+            "(the job writes manifest.json last); run or re-run `python -m preprocess`."
+        )
+    try:
+        with open(file, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except ValueError as e:
+        raise DatasetError(f"{file}: not valid JSON ({e})") from e
+    if manifest.get("format") != FORMAT_NAME:
+        raise DatasetError(f"{file}: format {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DatasetError(
+            f"{file}: format version {manifest.get('format_version')}, this reader reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+@dataclass
+class _Batch:
+    rows: int
+    input_offsets: np.ndarray
+    input_values: np.ndarray
+    label_offsets: np.ndarray
+    positions: np.ndarray
+    labels: np.ndarray
+    b_start: np.ndarray
+    nsp: np.ndarray
+    doc_a: np.ndarray
+    doc_b: np.ndarray
+
+
+def _views(batch: pa.RecordBatch) -> _Batch:
+    """Zero-copy numpy views of one record batch's buffers."""
+
+    def lst(name):
+        col = batch.column(name)
+        return col.offsets.to_numpy(), col.values.to_numpy()
+
+    io, iv = lst("input_ids")
+    lo, pos = lst("masked_lm_positions")
+    _, lab = lst("masked_lm_labels")
+    return _Batch(
+        batch.num_rows, io, iv, lo, pos, lab,
+        batch.column("b_start").to_numpy(), batch.column("next_sentence_label").to_numpy(),
+        batch.column("doc_id_a").to_numpy(), batch.column("doc_id_b").to_numpy(),
+    )
+
+
+class PretrainingDataset:
+    """Rows of one split, by global index in ``[0, len(self))``.
+
+    ``verify``: "size" (default) checks each shard's size, schema and row count;
+    "checksum" also hashes every byte; "none" trusts the manifest.
+    ``expect_vocab_fingerprint`` / ``expect_max_seq_length``: fail unless the data
+    was made with that vocabulary / sequence length (the trainer passes its own).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        split: str = "train",
+        verify: str = "size",
+        expect_vocab_fingerprint: str | None = None,
+        expect_max_seq_length: int | None = None,
+    ):
+        if verify not in ("none", "size", "checksum"):
+            raise ValueError(f"verify={verify!r}: use none, size or checksum")
+        self.path = path
+        self.manifest = load_manifest(path)
+        where = os.path.join(path, MANIFEST_NAME)
+        if split not in self.manifest["splits"]:
+            raise DatasetError(f"{where}: no split {split!r} (has {', '.join(self.manifest['splits'])})")
+        self.split = split
+        self.vocab = self.manifest["vocab"]
+        self.config = self.manifest["config"]
+        if expect_vocab_fingerprint and expect_vocab_fingerprint != self.vocab["fingerprint"]:
+            raise DatasetError(
+                f"{where}: made with vocabulary {self.vocab['fingerprint']}, expected {expect_vocab_fingerprint}"
+            )
+        if expect_max_seq_length and expect_max_seq_length < self.config["max_seq_length"]:
+            raise DatasetError(
+                f"{where}: sequences up to {self.config['max_seq_length']} tokens, "
+                f"longer than the expected maximum {expect_max_seq_length}"
+            )
+        self._batches: list[_Batch] = []
+        self._files = []
+        for shard in self.manifest["splits"][split]["shards"]:
+            self._batches += self._open_shard(shard, verify)
+        counts = np.array([b.rows for b in self._batches], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+
+    def _open_shard(self, shard: dict, verify: str) -> list[_Batch]:
+        file = os.path.join(self.path, shard["path"])
+        if not os.path.exists(file):
+            raise DatasetError(f"{file}: listed in the manifest but missing")
+        if verify != "none":
+            size = os.path.getsize(file)
+            if size != shard["bytes"]:
+                raise DatasetError(
+                    f"{file}: {size} bytes, the manifest says {shard['bytes']}: truncated or replaced; "
+                    "copy it again or re-run preprocessing"
+                )
+        if verify == "checksum":
+            h = hashlib.sha256()
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+            if h.hexdigest() != shard["sha256"]:
+                raise DatasetError(f"{file}: sha256 does not match the manifest: corrupt copy")
+        try:
+            source = pa.memory_map(file)
+            reader = pa.ipc.open_file(source)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DatasetError(f"{file}: not a readable Arrow IPC file ({e})") from e
+        meta = {k.decode(): v.decode() for k, v in (reader.schema.metadata or {}).items()}
+        if meta.get("vocab_fingerprint") != self.vocab["fingerprint"]:
+            raise DatasetError(
+                f"{file}: made with vocabulary {meta.get('vocab_fingerprint')}, "
+                f"the manifest's is {self.vocab['fingerprint']}: shard from another dataset"
+            )
+        batches = [_views(reader.get_batch(i)) for i in range(reader.num_record_batches)]
+        rows = sum(b.rows for b in batches)
+        if rows != shard["rows"]:
+            raise DatasetError(f"{file}: {rows} rows, the manifest says {shard['rows']}")
+        self._files.append(source)
+        return batches
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """One row: ``input_ids``, ``token_type_ids``, ``masked_lm_positions``,
+        ``masked_lm_labels`` (numpy arrays), ``next_sentence_label``, ``doc_id_a``, ``doc_id_b``."""
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"row {index} out of range for {n} rows")
+        bi = int(np.searchsorted(self._starts, index, side="right")) - 1
+        b = self._batches[bi]
+        r = index - int(self._starts[bi])
+        ids = b.input_values[b.input_offsets[r] : b.input_offsets[r + 1]]
+        lo, hi = b.label_offsets[r], b.label_offsets[r + 1]
+        token_type = np.zeros(len(ids), dtype=np.int8)
+        token_type[int(b.b_start[r]) :] = 1
+        return {
+            "input_ids": ids,
+            "token_type_ids": token_type,
+            "masked_lm_positions": b.positions[lo:hi],
+            "masked_lm_labels": b.labels[lo:hi],
+            "next_sentence_label": int(b.nsp[r]),
+            "doc_id_a": int(b.doc_a[r]),
+            "doc_id_b": int(b.doc_b[r]),
+        }
+
+    def original_ids(self, index: int) -> np.ndarray:
+        """The row before masking (for dynamic re-masking)."""
+        row = self[index]
+        ids = row["input_ids"].copy()
+        ids[row["masked_lm_positions"]] = row["masked_lm_labels"]
+        return ids

@@ -1,0 +1,85 @@
+"""``python -m preprocess inspect DIR``: a dataset's statistics and a few decoded rows."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from preprocess.documents import document_source
+from preprocess.reader import DatasetError, PretrainingDataset
+
+
+def load_tokens(path: str, vocab: dict) -> list[str]:
+    file = os.path.join(path, vocab["file"])
+    if vocab["file"].endswith(".json"):
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(file)
+        return [tok.id_to_token(i) or "" for i in range(vocab["size"])]
+    with open(file, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    return [t.strip() for t in lines[: vocab["size"]]]
+
+
+def render_row(row: dict, tokens: list[str], inputs: list[str]) -> str:
+    """Tokens as text: segment B in ``|...|``-free form after the first [SEP], masked
+    positions as ``[MASK]/label`` (or ``token/label`` when unchanged or replaced)."""
+    labels = dict(zip(row["masked_lm_positions"].tolist(), row["masked_lm_labels"].tolist()))
+    shown = []
+    for i, t in enumerate(row["input_ids"].tolist()):
+        word = tokens[t]
+        if i in labels:
+            word = f"{word}/{tokens[labels[i]]}" if word != tokens[labels[i]] else f"{word}/="
+        shown.append(word)
+    b = int(row["token_type_ids"].argmax())
+    a_file, a_off = document_source(row["doc_id_a"])
+    b_file, b_off = document_source(row["doc_id_b"])
+    nsp = "NotNext (B is random)" if row["next_sentence_label"] else "IsNext (B follows A)"
+    return (
+        f"  {nsp}; A from {inputs[a_file] if a_file < len(inputs) else a_file}@{a_off}, "
+        f"B from {inputs[b_file] if b_file < len(inputs) else b_file}@{b_off}\n"
+        f"  A: {' '.join(shown[:b])}\n  B: {' '.join(shown[b:])}\n"
+        f"  masked {len(labels)} positions: {sorted(labels)}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m preprocess inspect")
+    p.add_argument("path", help="dataset directory")
+    p.add_argument("--split", default="train")
+    p.add_argument("--samples", type=int, default=3)
+    p.add_argument("--verify", default="size", choices=["none", "size", "checksum"])
+    args = p.parse_args(argv)
+    try:
+        ds = PretrainingDataset(args.path, args.split, verify=args.verify)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    m = ds.manifest
+    split = m["splits"][args.split]
+    st = split["stats"]
+    print(f"{args.path}: split {args.split}, {split['rows']:,} rows, {split['tokens']:,} tokens, "
+          f"{len(split['shards'])} shards (verified: {args.verify})")
+    print(f"vocab {m['vocab']['file']} size {m['vocab']['size']} fingerprint {m['vocab']['fingerprint']}")
+    cfg = m["config"]
+    print(f"max_seq_length {cfg['max_seq_length']}, dupe_factor {cfg['dupe_factor']}, seed {cfg['seed']}, "
+          f"masked_lm_prob {cfg['masked_lm_prob']}, max_predictions {cfg['max_predictions_per_seq']}, "
+          f"whole_word_mask {cfg['whole_word_mask']}")
+    print(f"NotNext fraction {st['next_sentence_random_fraction']}, masked fraction {st['masked_fraction']}, "
+          f"split {st['mask_split']}, [UNK] rate {st['unk_rate']}, mean length {st['mean_length']}, "
+          f"tokens truncated {st.get('tokens_truncated', 0)}")
+    hist = st["length_histogram"]
+    step = max(1, len(hist) // 8)
+    buckets = [f"{i}-{min(i + step, len(hist)) - 1}:{sum(hist[i:i + step])}" for i in range(0, len(hist), step)]
+    print("length histogram: " + " ".join(buckets))
+    print("documents: " + ", ".join(f"{k} {v}" for k, v in m["documents"].items()))
+    tokens = load_tokens(args.path, m["vocab"])
+    for i in range(min(args.samples, len(ds))):
+        print(f"row {i}:")
+        print(render_row(ds[i], tokens, m["inputs"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

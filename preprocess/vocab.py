@@ -1,0 +1,98 @@
+"""Train a WordPiece vocabulary from a corpus with the ``tokenizers`` library.
+
+``bert-train-vocab --input 'corpus/*.txt' --output vocab.txt --vocab-size 30522``
+(or ``python -m preprocess.vocab``) reads the same formats as the preprocessing job
+(text or JSON Lines, compressed or not) and writes a BERT ``vocab.txt`` with
+[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, normalised as the job will tokenize
+(lower-cased and accent-stripped unless ``--no-lower-case``). ``--tokenizer-json``
+also writes the full tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Iterator
+
+from apache_beam.io.filesystems import FileSystems
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from preprocess.documents import ReadParams, file_format, read_documents
+from preprocess.tokenization import MAX_INPUT_CHARS_PER_WORD, SPECIAL_TOKENS
+
+
+def corpus_lines(files: list[str], params: ReadParams, stats: Counter) -> Iterator[str]:
+    for index, path in enumerate(files):
+        with FileSystems.open(path) as f:
+            for doc in read_documents(f, index, file_format(path, params), params, stats):
+                yield from doc.lines
+
+
+def train_vocab(
+    files: list[str],
+    vocab_size: int,
+    lower_case: bool = True,
+    min_frequency: int = 2,
+    limit_alphabet: int = 1000,
+    params: ReadParams | None = None,
+) -> tuple[Tokenizer, Counter]:
+    """A trained WordPiece tokenizer and the reader's counts of skipped input."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lower_case
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        limit_alphabet=limit_alphabet,
+        special_tokens=list(SPECIAL_TOKENS),
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    stats: Counter = Counter()
+    tok.train_from_iterator(corpus_lines(files, params or ReadParams(), stats), trainer=trainer)
+    return tok, stats
+
+
+def write_vocab_txt(tok: Tokenizer, path: str) -> None:
+    vocab = tok.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    with FileSystems.create(path) as f:
+        f.write(("\n".join(tokens) + "\n").encode("utf-8"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bert-train-vocab", description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", action="append", required=True, dest="inputs", metavar="GLOB")
+    p.add_argument("--output", required=True, help="vocab.txt to write")
+    p.add_argument("--vocab-size", type=int, default=30522)
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--lower-case", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--input-format", default="auto", choices=["auto", "text", "jsonl"])
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--tokenizer-json", help="also write the tokenizer as tokenizer.json here")
+    args = p.parse_args(argv)
+
+    from preprocess.config import ConfigError
+    from preprocess.job import expand_inputs
+
+    try:
+        files = expand_inputs(tuple(args.inputs))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    params = ReadParams(input_format=args.input_format, text_field=args.text_field)
+    tok, stats = train_vocab(files, args.vocab_size, args.lower_case, args.min_frequency, params=params)
+    write_vocab_txt(tok, args.output)
+    if args.tokenizer_json:
+        tok.save(args.tokenizer_json)
+    skipped = {k: v for k, v in sorted(stats.items()) if k != "documents_read" and v}
+    print(f"wrote {tok.get_vocab_size()} tokens to {args.output} from {stats['documents_read']} documents"
+          + (f"; counted: {skipped}" if skipped else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""DeepSpeed ZeRO BERT pre-training on the shards written by :mod:`preprocess`."""
