@@ -25,6 +25,8 @@ the document.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -63,6 +65,24 @@ class ReadParams:
 class Document(NamedTuple):
     doc_id: int
     lines: list[str]
+
+
+def open_input(path: str) -> BinaryIO:
+    """Open an input through Beam's filesystems, decompressing by extension.
+
+    gzip and bz2 are decoded with Python's own modules, which raise ``EOFError`` on
+    a truncated stream; Beam's decompressor silently returns the partial data.
+    Other codecs (zstd, deflate) are left to Beam.
+    """
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    name = path.lower()
+    if name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
+    if name.endswith(".bz2"):
+        return bz2.BZ2File(FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED))
+    return FileSystems.open(path)
 
 
 def document_id(file_index: int, offset: int) -> int:

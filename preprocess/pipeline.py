@@ -21,6 +21,7 @@ gathers each shard's rows for writing.
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ from apache_beam.pvalue import AsDict, AsList, TaggedOutput
 
 from preprocess import rng
 from preprocess.config import PreprocessConfig
-from preprocess.documents import ReadParams, file_format, read_documents
+from preprocess.documents import ReadParams, file_format, open_input, read_documents
 from preprocess.manifest import MANIFEST_NAME, add_stats, build_manifest, dumps, split_summary
 from preprocess.pairs import PairingParams, pair_document, resolve_random_next, truncate_pairs
 from preprocess.sentences import split_sentences
@@ -87,9 +88,9 @@ class _ReadFileFn(beam.DoFn):
         stats: Counter = Counter()
         stats["files"] += 1
         try:
-            with FileSystems.open(path) as f:
+            with open_input(path) as f:
                 yield from read_documents(f, file_index, file_format(path, self.params), self.params, stats)
-        except (OSError, EOFError, ValueError) as e:
+        except (OSError, EOFError, ValueError, zlib.error) as e:
             # Corrupt compressed data raises one of these mid-stream: documents already
             # yielded are kept, the rest of the file is lost and counted.
             opened = stats["documents_read"] > 0 or stats["line_invalid_utf8"] > 0

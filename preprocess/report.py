@@ -23,8 +23,8 @@ def load_tokens(path: str, vocab: dict) -> list[str]:
 
 
 def render_row(row: dict, tokens: list[str], inputs: list[str]) -> str:
-    """Tokens as text: segment B in ``|...|``-free form after the first [SEP], masked
-    positions as ``[MASK]/label`` (or ``token/label`` when unchanged or replaced)."""
+    """A row as text, A and B on their own lines; a masked position shows as
+    ``shown/label`` (``shown/=`` when the token was left unchanged)."""
     labels = dict(zip(row["masked_lm_positions"].tolist(), row["masked_lm_labels"].tolist()))
     shown = []
     for i, t in enumerate(row["input_ids"].tolist()):

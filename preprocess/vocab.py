@@ -18,13 +18,13 @@ from collections.abc import Iterator
 from apache_beam.io.filesystems import FileSystems
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from preprocess.documents import ReadParams, file_format, read_documents
+from preprocess.documents import ReadParams, file_format, open_input, read_documents
 from preprocess.tokenization import MAX_INPUT_CHARS_PER_WORD, SPECIAL_TOKENS
 
 
 def corpus_lines(files: list[str], params: ReadParams, stats: Counter) -> Iterator[str]:
     for index, path in enumerate(files):
-        with FileSystems.open(path) as f:
+        with open_input(path) as f:
             for doc in read_documents(f, index, file_format(path, params), params, stats):
                 yield from doc.lines
 

@@ -1,0 +1,160 @@
+"""Each PTransform of the job under Beam's TestPipeline, on a few in-memory elements."""
+
+import gzip
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from preprocess.documents import Document, ReadParams, document_id
+from preprocess.masking import MaskingParams
+from preprocess.pairs import PairingParams
+from preprocess.pipeline import (
+    CreatePairs,
+    MaskInstances,
+    ReadCorpus,
+    SplitSentences,
+    TokenizedDocument,
+    TokenizeDocuments,
+    WriteShards,
+    bucket_of,
+    split_of,
+)
+from preprocess.shards import RowSpec
+from preprocess.tokenization import TokenizerSpec, build_tokenizer, vocab_info
+
+
+def test_read_corpus_reads_text_and_gzip_and_counts_bad_files(tmp_path):
+    (tmp_path / "a.txt").write_text("Doc one.\n\nDoc two.\n")
+    with gzip.open(tmp_path / "b.txt.gz", "wt") as f:
+        f.write("Zipped doc.\n")
+    (tmp_path / "c.bin").write_bytes(b"\x00\x01\x02" * 100)
+    (tmp_path / "d.txt.gz").write_bytes(gzip.compress(b"Before the cut.\n\n" + b"x" * 5000)[:40])
+    files = [(i, str(tmp_path / n)) for i, n in enumerate(["a.txt", "b.txt.gz", "c.bin", "d.txt.gz"])]
+    with TestPipeline() as p:
+        docs, stats = p | beam.Create(files) | ReadCorpus(ReadParams())
+        assert_that(docs | beam.Map(lambda d: (d.doc_id, d.lines)), equal_to([
+            (document_id(0, 0), ["Doc one."]),
+            (document_id(0, 10), ["Doc two."]),
+            (document_id(1, 0), ["Zipped doc."]),
+        ]), label="docs")
+        totals = stats | beam.Map(lambda kv: kv[1]) | beam.FlatMap(dict.items) | beam.CombinePerKey(sum)
+        assert_that(
+            totals | beam.Filter(lambda kv: kv[0] in ("file_binary", "file_corrupt", "files")),
+            equal_to([("file_binary", 1), ("file_corrupt", 1), ("files", 4)]),
+            label="stats",
+        )
+
+
+def test_split_sentences():
+    with TestPipeline() as p:
+        out = p | beam.Create([Document(5, ["One here. Two here.", "Three"])]) | SplitSentences("en")
+        assert_that(out, equal_to([(5, ["One here.", "Two here.", "Three"])]))
+
+
+def test_tokenize_batches_cuts_long_sentences_and_drops_empty_documents(vocab_file):
+    spec = TokenizerSpec(vocab_file)
+    tok = build_tokenizer(spec)
+    long_sentence = " ".join(["value"] * 40)
+    with TestPipeline() as p:
+        docs, stats = (
+            p
+            | beam.Create([(1, ["Return the value.", long_sentence]), (2, ["\x07\x08"])])
+            | TokenizeDocuments(spec, max_sentence_tokens=16)
+        )
+        lengths = docs | beam.Map(lambda d: (d.doc_id, [len(s) for s in d.sentences]))
+        first = len(tok.encode("Return the value.", add_special_tokens=False).ids)
+        assert_that(lengths, equal_to([(1, [first, 16, 16, 8])]), label="docs")
+        counts = stats | beam.Map(lambda kv: kv[1]) | beam.FlatMap(dict.items) | beam.CombinePerKey(sum)
+        assert_that(
+            counts | beam.Filter(lambda kv: kv[0] in ("document_no_tokens", "sentences_cut_long")),
+            equal_to([("document_no_tokens", 1), ("sentences_cut_long", 1)]),
+            label="stats",
+        )
+
+
+def _docs(n=12):
+    r = np.random.default_rng(0)
+    return [
+        TokenizedDocument(d, [r.integers(5, 300, int(r.integers(3, 12))).astype(np.int32) for _ in range(8)])
+        for d in range(n)
+    ]
+
+
+def test_create_pairs_routes_items_to_key_buckets_and_counts_rows():
+    params = PairingParams(max_seq_length=32, short_seq_prob=0.0)
+    with TestPipeline() as p:
+        items, _, counts = p | beam.Create(_docs()) | CreatePairs("train", params, 2, 7, 4)
+
+        def check(element):
+            bucket, (pairs, requests, donors) = element
+            assert all(bucket_of(x.key, 4) == bucket for x in pairs + requests + donors)
+            return len(pairs) + len(requests)
+
+        per_bucket = items | beam.Map(lambda e: (e[0], check(e))) | "SumItems" >> beam.CombinePerKey(sum)
+        summed = counts | "SumCounts" >> beam.CombinePerKey(sum)
+        joined = ({"items": per_bucket, "counts": summed} | beam.CoGroupByKey()
+                  | beam.Map(lambda kv: kv[1]["items"] == kv[1]["counts"]))
+        assert_that(joined | beam.combiners.Count.Globally(), equal_to([4]), label="buckets")
+        assert_that(joined | beam.Filter(lambda ok: not ok), equal_to([]), label="consistent")
+
+
+def _row_spec(vocab_file, seq=32):
+    spec = TokenizerSpec(vocab_file)
+    info = vocab_info(build_tokenizer(spec), spec)
+    return RowSpec(seq, info.cls_id, info.sep_id, info.unk_id, info.token_dtype.name, MaskingParams(0.15, 5),
+                   info.mask_vocab())
+
+
+def test_mask_instances_resolves_random_next_and_balances_shards(vocab_file):
+    params = PairingParams(max_seq_length=32, short_seq_prob=0.0)
+    spec = _row_spec(vocab_file)
+    with TestPipeline() as p:
+        items, _, counts = p | beam.Create(_docs()) | CreatePairs("train", params, 2, 7, 3)
+        rows, _ = items | MaskInstances(
+            "train", spec, params.max_num_tokens, 3, counts | "SumCounts" >> beam.CombinePerKey(sum))
+        per_shard = rows | beam.Map(lambda e: (e[0][0], e[1][1].num_rows)) | "SumRows" >> beam.CombinePerKey(sum)
+
+        def balanced(counts_):
+            sizes = sorted(c for _, c in counts_)
+            assert len(sizes) == 3 and sizes[-1] - sizes[0] <= 1, sizes
+            return True
+
+        assert_that(per_shard | beam.combiners.ToList() | beam.Map(balanced), equal_to([True]), label="balance")
+
+        def negatives_ok(e):
+            t = e[1][1]
+            nsp = t.column("next_sentence_label").to_numpy()
+            a, b = t.column("doc_id_a").to_numpy(), t.column("doc_id_b").to_numpy()
+            return bool(np.all((a != b) == (nsp == 1)))
+
+        assert_that(rows | beam.Map(negatives_ok) | beam.Filter(lambda ok: not ok), equal_to([]), label="nsp")
+
+
+def test_write_shards_writes_arrow_files_atomically(tmp_path, vocab_file):
+    spec = _row_spec(vocab_file)
+    from preprocess.pairs import Pair
+    from preprocess.shards import build_rows
+
+    pairs = [Pair(k, 1, 1, np.arange(5, 9, dtype=np.int32), np.arange(9, 14, dtype=np.int32), False)
+             for k in range(6)]
+    batch, _, _ = build_rows(pairs, spec)
+    elements = [((0, 2), (0, batch.slice(0, 3))), ((1, 2), (3, batch.slice(3, 3)))]
+    with TestPipeline() as p:
+        infos = p | beam.Create(elements) | WriteShards(str(tmp_path), "train", "uint16", {"seed": "1"})
+        assert_that(infos | beam.Map(lambda s: (s.path, s.rows)), equal_to([
+            ("train/shard-00000-of-00002.arrow", 3), ("train/shard-00001-of-00002.arrow", 3)]))
+    files = sorted(f.name for f in (tmp_path / "train").iterdir())
+    assert files == ["shard-00000-of-00002.arrow", "shard-00001-of-00002.arrow"]  # no temporaries left
+    t = pa.ipc.open_file(str(tmp_path / "train" / files[1])).read_all()
+    assert t.num_rows == 3 and t.schema.metadata[b"split"] == b"train"
+
+
+def test_split_is_by_document_hash_and_near_the_fraction():
+    ids = range(20_000)
+    val = sum(split_of(i, 0.1) == "validation" for i in ids)
+    assert abs(val - 2000) < 4 * np.sqrt(20_000 * 0.09)
+    assert [split_of(i, 0.1) for i in range(50)] == [split_of(i, 0.1) for i in range(50)]
+    assert all(split_of(i, 0.0) == "train" for i in range(100))
