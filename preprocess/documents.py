@@ -8,7 +8,7 @@ the extension and reach gs://, s3:// and hdfs:// where the Beam extra is install
 
 Bad input is skipped item by item and counted by reason (see ``REASONS``):
 
-* a binary file (NUL bytes, or mostly undecodable start) is skipped whole;
+* a binary file (many control bytes, or a mostly undecodable start) is skipped whole;
 * an empty file, a corrupt or truncated compressed stream (documents read before the
   fault are kept), an unreadable file;
 * invalid UTF-8 inside a line is replaced (U+FFFD, which the tokenizer drops, as the
@@ -39,7 +39,7 @@ MAX_FILES = 1 << FILE_INDEX_BITS
 MAX_OFFSET = 1 << OFFSET_BITS
 
 REASONS = {
-    "file_binary": "file looks binary (NUL bytes or mostly invalid UTF-8): skipped",
+    "file_binary": "file looks binary (over 10% control bytes or mostly invalid UTF-8): skipped",
     "file_empty": "file is empty",
     "file_corrupt": "compressed stream is corrupt or truncated: documents before the fault kept",
     "file_unreadable": "file could not be opened or read",
@@ -161,15 +161,22 @@ def decode_line(raw: bytes, stats: Counter) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\f\v\x1b")
+
+
 def looks_binary(head: bytes) -> bool:
-    """NUL bytes, or under 70% of the first bytes decode as UTF-8."""
+    """Over 10% NUL/control bytes, or under 70% of the first bytes decode as UTF-8.
+
+    A stray NUL or bell in a text file does not make it binary: BERT's normaliser
+    drops such characters anyway.
+    """
     if not head:
         return False
-    if b"\x00" in head:
+    controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
+    if controls > 0.1 * len(head):
         return True
     decoded = head.decode("utf-8", errors="replace")
-    bad = decoded.count("\ufffd")
-    return bad > 0.3 * len(decoded)
+    return decoded.count("\ufffd") > 0.3 * len(decoded)
 
 
 class _PeekStream:

@@ -21,7 +21,13 @@ from preprocess.config import ConfigError, PreprocessConfig
 from preprocess.documents import MAX_FILES
 from preprocess.manifest import MANIFEST_NAME
 from preprocess.pipeline import build_pipeline
-from preprocess.tokenization import TokenizerSpec, build_tokenizer, save_vocab_copy, vocab_info
+from preprocess.tokenization import (
+    TokenizerSpec,
+    VocabError,
+    build_tokenizer,
+    save_vocab_copy,
+    vocab_info,
+)
 
 log = logging.getLogger("preprocess")
 
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
         manifest = run(cfg, beam_args)
-    except ConfigError as e:
+    except (ConfigError, VocabError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary(manifest))

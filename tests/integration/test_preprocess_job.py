@@ -1,0 +1,183 @@
+"""The preprocessing job end to end, through its real entry points."""
+
+import bz2
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.reference_bert import ReferenceTokenizer, create_instances
+from preprocess.documents import document_source
+from preprocess.reader import PretrainingDataset
+from preprocess.report import load_tokens
+from tests.conftest import run_job, write_corpus
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, check=True):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def files_of(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_cli_runs_on_all_cores_and_inspect_decodes_rows(corpus_dir, vocab_file, tmp_path):
+    out = tmp_path / "data"
+    proc = cli("preprocess", "--input", str(corpus_dir / "part-00[0-3].txt"), "--input", str(corpus_dir / "part-00[4-7].txt"),
+               "--output", str(out), "--vocab", vocab_file, "--max-seq-length", "128", "--dupe-factor", "1",
+               "--num-shards", "3")
+    assert "train:" in proc.stdout and "NotNext" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["inputs"]) == 8
+    ds = PretrainingDataset(str(out), verify="checksum")
+    assert len(ds) == manifest["splits"]["train"]["rows"]
+    shown = cli("preprocess", "inspect", str(out), "--samples", "4").stdout
+    for needle in ("[CLS]", "[SEP]", "[MASK]/", "length histogram", "A: ", "B: ", "masked "):
+        assert needle in shown
+    assert "IsNext" in shown or "NotNext" in shown
+
+
+def test_same_input_and_seed_give_identical_bytes_for_1_and_2_workers(corpus_dir, vocab_file, tmp_path):
+    args = ("--max-seq-length", "96", "--dupe-factor", "2", "--num-shards", "5", "--validation-fraction", "0.05",
+            "--whole-word-mask")
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    run_job([str(corpus_dir / "*.txt")], one, vocab_file, *args, workers=1)
+    run_job([str(corpus_dir / "*.txt")], two, vocab_file, *args, workers=2)
+    a, b = files_of(one), files_of(two)
+    assert a.keys() == b.keys() and len(a) == 5 + 1 + 2  # shards, validation shard, manifest, vocab
+    assert all(a[k] == b[k] for k in a)
+    other = tmp_path / "other-seed"
+    run_job([str(corpus_dir / "*.txt")], other, vocab_file, *args, "--seed", "7", workers=1)
+    c = files_of(other)
+    assert c["train/shard-00000-of-00005.arrow"] != a["train/shard-00000-of-00005.arrow"]
+
+
+def test_rerun_into_the_same_directory_replaces_the_dataset(corpus_dir, vocab_file, tmp_path):
+    out = tmp_path / "data"
+    run_job([str(corpus_dir / "part-000.txt")], out, vocab_file, "--num-shards", "4")
+    run_job([str(corpus_dir / "part-000.txt")], out, vocab_file, "--num-shards", "2")
+    assert sorted(p.name for p in (out / "train").iterdir()) == [
+        "shard-00000-of-00002.arrow", "shard-00001-of-00002.arrow"]
+    PretrainingDataset(str(out), verify="checksum")
+
+
+@pytest.fixture
+def bad_corpus(tmp_path, corpus_docs):
+    d = tmp_path / "bad"
+    good = write_corpus(d, corpus_docs[:40], files=2)
+    (d / "latin1.txt").write_bytes("Un café très chaud. Le thé aussi.\nOui.\n".encode("latin-1"))
+    (d / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64)
+    (d / "empty.txt").write_bytes(b"")
+    (d / "one-sentence.txt").write_text("Only one sentence here.\n\nAnother lone sentence.\n")
+    (d / "control.txt").write_text("Bell\x07 and\x1b escape \x00chars are dropped. Text stays.\n")
+    (d / "scripts.txt").write_text("東京は大きな都市です。人が多い。\n\nМосква — столица. Там холодно.\n")
+    with open(d / "huge-line.txt", "wb") as f:  # a 50 MB line without whitespace, then a document
+        f.write(b"x" * (50 << 20) + b"\n\nA normal document after the long line. It is kept.\n")
+    (d / "long-words.txt").write_text(" ".join(["word"] * 600_000) + "\n")  # 3 MB line with spaces
+    with gzip.open(d / "docs.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"text": "Compressed JSON document. With two sentences."}) + "\n{broken\n")
+    with bz2.open(d / "more.txt.bz2", "wt") as f:
+        f.write("Bzip2 document one. Second sentence.\n\nBzip2 document two.\n")
+    filler = "\n".join(f"Filler line {i} says {i * 7919 % 10007} things." for i in range(3000)).encode()
+    packed = gzip.compress(b"Kept document.\n\n" + filler)
+    (d / "truncated.txt.gz").write_bytes(packed[: len(packed) // 2])
+    return d, good
+
+
+def test_bad_input_is_counted_and_every_usable_document_contributes(bad_corpus, vocab_file, tmp_path):
+    d, good = bad_corpus
+    out = tmp_path / "out"
+    manifest = run_job([str(d / "*")], out, vocab_file, "--dupe-factor", "3", "--num-shards", "2", workers=2)
+    docs = manifest["documents"]
+    assert docs["file_binary"] == 1
+    assert docs["file_empty"] == 1
+    assert docs["file_corrupt"] == 1
+    assert docs["line_invalid_utf8"] == 1
+    assert docs["line_too_long_split"] == 49 + 2  # cuts: 50 MiB into 1 MiB pieces; 3 MB line into 3
+    assert docs["document_too_large_split"] == 3  # 50 MiB of one document over 16 MiB parts
+    assert docs["json_invalid"] == 1
+    inputs = manifest["inputs"]
+    ds = PretrainingDataset(str(out))
+    seen = {document_source(ds[i]["doc_id_a"]) for i in range(len(ds))}
+    seen_files = {inputs[f].rsplit("/", 1)[1] for f, _ in seen}
+    for name in ("latin1.txt", "one-sentence.txt", "control.txt", "scripts.txt", "huge-line.txt",
+                 "long-words.txt", "docs.jsonl.gz", "more.txt.bz2", "truncated.txt.gz", *(p.name for p in good)):
+        assert name in seen_files, name
+    # every document of the good files is used as segment A somewhere
+    good_docs = sum(1 for p in good for block in p.read_text().split("\n\n") if block.strip())
+    good_seen = {x for x in seen if inputs[x[0]].rsplit("/", 1)[1] in {p.name for p in good}}
+    assert len(good_seen) == good_docs
+    assert docs["documents_used"] == docs["documents_read"]
+
+
+def test_statistics_of_a_few_thousand_instances(dataset):
+    ds = PretrainingDataset(str(dataset))
+    n = len(ds)
+    rows = [ds[i] for i in range(n)]
+    nsp = np.array([r["next_sentence_label"] for r in rows])
+    assert n > 3000
+    assert abs(nsp.mean() - 0.5) < 4 * np.sqrt(0.25 / n)
+    for r in rows:  # no same-document negatives, and positives always from one document
+        assert (r["doc_id_a"] != r["doc_id_b"]) == bool(r["next_sentence_label"])
+    stats = ds.manifest["splits"]["train"]["stats"]
+    masked = sum(len(r["masked_lm_positions"]) for r in rows)
+    lengths = np.array([len(r["input_ids"]) for r in rows])
+    expected = np.minimum(np.minimum(20, np.maximum(1, np.round(lengths * 0.15))), lengths - 3).sum()
+    assert masked == expected == stats["masked_positions"]
+    for key, p in (("mask_token", 0.8), ("mask_unchanged", 0.1), ("mask_random", 0.1)):
+        assert abs(stats[key] - masked * p) < 4 * np.sqrt(masked * p * (1 - p)), key
+    mask_id = load_tokens(str(dataset), ds.vocab).index("[MASK]")
+    shown = sum(int((r["input_ids"][r["masked_lm_positions"]] == mask_id).sum()) for r in rows)
+    assert shown == stats["mask_token"]
+    assert sum(stats["length_histogram"]) == n
+
+
+def test_nsp_is_balanced_where_the_reference_is_biased(corpus_dir, vocab_file, tmp_path):
+    files = sorted(str(p) for p in corpus_dir.glob("*.txt"))
+    ref = create_instances(files, ReferenceTokenizer(vocab_file), max_seq_length=128, dupe_factor=1)
+    ref_random = np.mean([i.is_random_next for i in ref])
+    manifest = run_job([str(corpus_dir / "*.txt")], tmp_path / "o", vocab_file, "--dupe-factor", "3", workers=2)
+    stats = manifest["splits"]["train"]["stats"]
+    ours = stats["next_sentence_random_fraction"]
+    assert ref_random > 0.5 + 4 * np.sqrt(0.25 / len(ref))  # the reference's known bias
+    assert abs(ours - 0.5) < 4 * np.sqrt(0.25 / stats["rows"])
+
+
+def test_vocab_trainer_cli(corpus_dir, tmp_path):
+    out = tmp_path / "vocab.txt"
+    proc = cli("preprocess.vocab", "--input", str(corpus_dir / "*.txt"), "--output", str(out), "--vocab-size", "2000",
+               "--tokenizer-json", str(tmp_path / "tokenizer.json"))
+    assert "wrote 2000 tokens" in proc.stdout
+    tokens = out.read_text().split("\n")
+    assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert any(t.startswith("##") for t in tokens)
+    assert (tmp_path / "tokenizer.json").exists()
+
+
+def test_bad_options_fail_before_any_work_with_a_clear_message(corpus_dir, vocab_file, tmp_path):
+    proc = cli("preprocess", "--input", str(tmp_path / "nothing-*.txt"), "--output", str(tmp_path / "o"),
+               "--vocab", vocab_file, check=False)
+    assert proc.returncode == 2 and "no files match" in proc.stderr
+    proc = cli("preprocess", "--input", str(corpus_dir / "*.txt"), "--output", str(tmp_path / "o"),
+               "--vocab", vocab_file, "--max-seq-length", "4", "--masked-lm-prob", "0", check=False)
+    assert proc.returncode == 2
+    assert "--max-seq-length 4" in proc.stderr and "--masked-lm-prob 0.0" in proc.stderr
+    bad_vocab = tmp_path / "v.txt"
+    bad_vocab.write_text("[UNK]\na\n")
+    proc = cli("preprocess", "--input", str(corpus_dir / "*.txt"), "--output", str(tmp_path / "o"),
+               "--vocab", str(bad_vocab), check=False)
+    assert proc.returncode == 2 and "lacks BERT special tokens" in proc.stderr
+    assert not (tmp_path / "o").exists()
