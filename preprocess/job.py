@@ -40,9 +40,11 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | No
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     direct = opts.view_as(DirectOptions)
-    if not direct.direct_num_workers:
+    given = lambda flag: any(a == flag or a.startswith(flag + "=") for a in beam_args)  # noqa: E731
+    # DirectOptions defaults to one worker: ask for every core unless told otherwise.
+    if not given("--direct_num_workers") or not direct.direct_num_workers:
         direct.direct_num_workers = os.cpu_count() or 1
-    if not any(a.startswith("--direct_running_mode") for a in beam_args):
+    if not given("--direct_running_mode"):
         direct.direct_running_mode = "multi_processing" if direct.direct_num_workers > 1 else "in_memory"
     return opts, FnApiRunner()
 

@@ -83,71 +83,80 @@ def mask_batch(
     pos = np.arange(len(tokens)) - np.repeat(offsets[:-1], lengths)
     candidate = (pos != 0) & (pos != np.repeat(b_starts - 1, lengths)) & (pos != np.repeat(lengths - 1, lengths))
     budget = num_to_predict(lengths, params)
-    token_keys = np.repeat(keys, lengths)
+    # Random order of positions within a row; the low 16 bits hold the position so
+    # that no two positions of a row tie.
+    order = rng.position_hash(keys, rng.PURPOSE_MASK_ORDER, row_of, pos)
+    order = (order & ~np.uint64(0xFFFF)) | pos.astype(np.uint64)
 
     if params.whole_word_mask:
-        chosen = _choose_whole_words(tokens, offsets, candidate, budget, token_keys, pos, vocab)
+        chosen = _choose_whole_words(tokens, offsets, candidate, budget, order, vocab)
     else:
-        chosen = _choose_tokens(row_of, candidate, budget, token_keys, pos)
+        chosen = _choose_tokens(row_of, pos, candidate, budget, order, rows, int(lengths.max(initial=0)))
 
     idx = np.flatnonzero(chosen)  # ascending: rows in order, positions sorted within rows
     labels = tokens[idx].copy()
     masked = tokens.copy()
-    k, p = token_keys[idx], pos[idx].astype(np.uint64)
-    u_action = rng.uniform(rng.mix(k, rng.PURPOSE_MASK_ACTION, p))
-    u_keep = rng.uniform(rng.mix(k, rng.PURPOSE_MASK_KEEP, p))
-    u_token = rng.uniform(rng.mix(k, rng.PURPOSE_MASK_TOKEN, p))
-    action = np.where(u_action < 0.8, ACTION_MASK, np.where(u_keep < 0.5, ACTION_KEEP, ACTION_RANDOM))
+    r, p = row_of[idx], pos[idx]
+    # One 64-bit hash per chosen position, three independent draws from its bits:
+    # 24 bits for the action, 1 for keep-vs-random, 32 for the random token.
+    h = rng.position_hash(keys, rng.PURPOSE_MASK_ACTION, r, p)
+    u_action = (h >> np.uint64(40)).astype(np.float64) * (1.0 / (1 << 24))
+    keep = ((h >> np.uint64(39)) & np.uint64(1)) == 0
+    u_token = (h & np.uint64(0xFFFFFFFF)).astype(np.float64) * (1.0 / (1 << 32))
+    action = np.where(u_action < 0.8, ACTION_MASK, np.where(keep, ACTION_KEEP, ACTION_RANDOM))
     random_ids = vocab.random_ids[(u_token * len(vocab.random_ids)).astype(np.int64)]
     masked[idx] = np.where(action == ACTION_MASK, vocab.mask_id, np.where(action == ACTION_KEEP, labels, random_ids))
 
-    per_row = np.bincount(row_of[idx], minlength=rows)
+    per_row = np.bincount(r, minlength=rows)
     label_offsets = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(per_row, out=label_offsets[1:])
     return MaskedBatch(
         input_ids=masked,
-        positions=pos[idx],
+        positions=p,
         labels=labels,
         label_offsets=label_offsets,
         actions=np.bincount(action, minlength=3),
     )
 
 
-def _choose_tokens(row_of, candidate, budget, token_keys, pos) -> np.ndarray:
-    """The first ``budget`` candidates of each row in keyed random order."""
-    order_key = rng.uniform(rng.mix(token_keys, rng.PURPOSE_MASK_ORDER, pos.astype(np.uint64)))
-    order_key[~candidate] = 2.0  # non-candidates sort last
-    order = np.lexsort((order_key, row_of))
-    starts = np.searchsorted(row_of[order], np.arange(len(budget)))
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order)) - np.repeat(starts, np.bincount(row_of, minlength=len(budget)))
-    return (rank < budget[row_of]) & candidate
+def _choose_tokens(row_of, pos, candidate, budget, order, rows: int, width: int) -> np.ndarray:
+    """The ``budget`` candidates of each row with the smallest order hashes.
+
+    Rows are laid out in a (rows, width) matrix and the per-row threshold found with
+    ``np.partition``: linear time, no global sort.
+    """
+    kmax = int(budget.max(initial=0))
+    if kmax == 0:
+        return np.zeros(len(pos), dtype=bool)
+    top = np.iinfo(np.uint64).max
+    grid = np.full((rows, width), top, dtype=np.uint64)
+    grid[row_of, pos] = np.where(candidate, order, top)
+    smallest = np.partition(grid, kmax - 1, axis=1)[:, :kmax]
+    smallest.sort(axis=1)
+    threshold = smallest[np.arange(rows), np.maximum(budget, 1) - 1]
+    threshold[budget == 0] = 0
+    return candidate & (order <= threshold[row_of]) & (budget[row_of] > 0)
 
 
-def _choose_whole_words(tokens, offsets, candidate, budget, token_keys, pos, vocab) -> np.ndarray:
+def _choose_whole_words(tokens, offsets, candidate, budget, order, vocab) -> np.ndarray:
     """Greedy whole-word selection, per row (the skip-if-overflow rule is sequential)."""
     chosen = np.zeros(len(tokens), dtype=bool)
     joins = vocab.is_continuation[tokens] & candidate
-    # A word starts at every candidate that is not a continuation piece.
-    word_start = candidate & ~joins
-    order_key = rng.uniform(rng.mix(token_keys, rng.PURPOSE_MASK_ORDER, pos.astype(np.uint64)))
+    word_start = candidate & ~joins  # a word starts at every candidate that is not a "##" piece
     for r in range(len(offsets) - 1):
         lo, hi = int(offsets[r]), int(offsets[r + 1])
         starts = np.flatnonzero(word_start[lo:hi])
         if len(starts) == 0:
             continue
-        # A word runs from its start through the continuation pieces that follow it.
-        ends = np.append(starts[1:], hi - lo)
-        cand = candidate[lo:hi]
+        # a word runs from its start through the continuation pieces that follow it
         words = []
-        for s, e in zip(starts.tolist(), ends.tolist()):
-            e2 = s + 1
-            while e2 < e and joins[lo + e2]:
-                e2 += 1
-            if cand[s]:
-                words.append((s, e2))
+        for s in starts.tolist():
+            e = s + 1
+            while e < hi - lo and joins[lo + e]:
+                e += 1
+            words.append((s, e))
         n, taken = int(budget[r]), 0
-        for w in np.argsort(order_key[lo + np.array([s for s, _ in words])], kind="stable").tolist():
+        for w in np.argsort(order[lo + starts], kind="stable").tolist():
             if taken >= n:
                 break
             s, e = words[w]

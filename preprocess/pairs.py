@@ -1,6 +1,6 @@
 """Sentence-pair construction for masked LM + next-sentence prediction.
 
-Plain functions on token arrays; the Beam layer only wires them together.
+Plain functions; the Beam layer only wires them together.
 
 The algorithm follows Google's ``create_pretraining_data.py`` (target length with
 ``short_seq_prob`` drawn once per document and pass, whole sentences accumulated
@@ -12,19 +12,23 @@ next, truncation of the longer side from the front or back) with two corrections
   NotNext on real text. Here a single-sentence chunk whose coin says IsNext is split
   inside the sentence at a random token boundary, so B really follows A.
 * **A random next never comes from A's document.** Random B segments are donated by
-  documents across the whole split (see :func:`make_donors`) and matched to
+  documents across the whole split (see :func:`plan_document`) and matched to
   requests by :func:`resolve_random_next`, which skips donors of the requesting
   document.
+
+The walk over a document (:func:`plan_document`) sees only sentence lengths and
+returns token ranges; :func:`plan_blocks` then gathers the tokens of a batch of
+documents' pairs at once into packed blocks (:mod:`preprocess.packed`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 
 from preprocess import rng
+from preprocess.packed import DonorBlock, PairBlock, Ragged, RequestBlock
 
 
 @dataclass(frozen=True)
@@ -38,167 +42,195 @@ class PairingParams:
         return self.max_seq_length - 3
 
 
-class Pair(NamedTuple):
-    """A complete A/B pair before truncation and masking."""
-
-    key: int  # stable 64-bit instance key: all later randomness derives from it
-    doc_id_a: int
-    doc_id_b: int
-    tokens_a: np.ndarray
-    tokens_b: np.ndarray
-    is_random_next: bool
-
-
-class RandomNextRequest(NamedTuple):
-    """Segment A waiting for a random B of at least ``target_b_length`` tokens."""
-
-    key: int
-    doc_id: int
-    tokens_a: np.ndarray
-    target_b_length: int
-
-
-class Donor(NamedTuple):
-    """Whole sentences from a random start in one document, offered as a random B."""
-
-    key: int
-    doc_id: int
-    sentences: tuple[np.ndarray, ...]
-
-
 @dataclass
-class DocumentPairs:
-    pairs: list[Pair] = field(default_factory=list)
-    requests: list[RandomNextRequest] = field(default_factory=list)
-    donors: list[Donor] = field(default_factory=list)
+class DocumentPlan:
+    """One document's instances as token offsets into the document's token array.
+
+    An instance is named by (pass, index within the pass); its 64-bit key, from
+    which all its later randomness derives, is :func:`instance_keys` of that name.
+    """
+
+    pairs: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)  # pass, index, a0, a1, b0, b1
+    requests: list[tuple[int, int, int, int, int]] = field(default_factory=list)  # pass, index, a0, a1, target_b
+    donors: list[tuple[int, int]] = field(default_factory=list)  # pass, index
     unpairable: int = 0  # IsNext drawn for a 1-token chunk: nothing to split, skipped
 
 
-def instance_key(seed: int, doc_id: int, pass_index: int, index: int) -> int:
-    return rng.mix_int(seed, rng.PURPOSE_INSTANCE, doc_id, pass_index, index)
+def instance_keys(seed: int, doc_id: int, passes: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    return rng.mix(seed, rng.PURPOSE_INSTANCE, doc_id, passes.astype(np.uint64), indices.astype(np.uint64))
 
 
-def pair_document(
+def donor_keys(seed: int, doc_id: int, passes: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    return rng.mix(seed, rng.PURPOSE_DONOR, doc_id, passes.astype(np.uint64), indices.astype(np.uint64))
+
+
+def plan_document(
     doc_id: int,
-    sentences: list[np.ndarray],
+    lengths: list[int],
     pass_index: int,
     seed: int,
     params: PairingParams,
-) -> DocumentPairs:
-    """Turn one document's tokenized sentences into pairs and random-next requests.
+    plan: DocumentPlan | None = None,
+) -> DocumentPlan:
+    """Add one pass over a document (its sentence token counts, none 0) to ``plan``.
 
-    ``sentences`` is a list of 1-D token id arrays, none empty. The walk is the
-    reference's: accumulate sentences until the chunk reaches the target length or
-    the document ends, then split it into A and B. Donors for other documents'
-    requests are made here too, one per request, so the donor pool is as large as
-    the request pool and each document donates in proportion to its length.
+    The walk is the reference's: accumulate sentences until the chunk reaches the
+    target length or the document ends, then split it into A and B. One donor is
+    made per random-next request, so the donor pool is as large as the request pool
+    and documents donate in proportion to their length.
     """
-    out = DocumentPairs()
-    r = rng.python_rng(seed, rng.PURPOSE_DOCUMENT, doc_id, pass_index)
-    max_num_tokens = params.max_num_tokens
-    target = max_num_tokens
-    if r.random() < params.short_seq_prob:
-        target = r.randint(2, max_num_tokens)
+    plan = plan if plan is not None else DocumentPlan()
+    draw = rng.python_rng(seed, rng.PURPOSE_DOCUMENT, doc_id, pass_index).random
+    # ``lo + int(draw() * k)`` is uniform on [lo, lo + k): randint's cost, ~4x, adds up here.
+    target = params.max_num_tokens
+    if draw() < params.short_seq_prob:
+        target = 2 + int(draw() * (params.max_num_tokens - 1))
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + n)
 
-    n = len(sentences)
-    chunk: list[np.ndarray] = []
+    n = len(lengths)
+    first = 0  # first sentence of the current chunk
     length = 0
     index = 0
+    requests = 0
     i = 0
     while i < n:
-        chunk.append(sentences[i])
-        length += len(sentences[i])
+        length += lengths[i]
         if i == n - 1 or length >= target:
-            is_random_next = r.random() < 0.5
-            a_end = r.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
-            key = instance_key(seed, doc_id, pass_index, index)
-            index += 1
+            size = i - first + 1
+            is_random_next = draw() < 0.5
+            a_end = first + (1 + int(draw() * (size - 1)) if size >= 2 else 1)  # sentence index after A
             if is_random_next:
-                tokens_a = _concat(chunk[:a_end])
-                target_b = max(1, target - len(tokens_a))
-                out.requests.append(RandomNextRequest(key, doc_id, tokens_a, target_b))
-                i -= len(chunk) - a_end  # put the unused sentences back
-            elif len(chunk) >= 2:
-                out.pairs.append(
-                    Pair(key, doc_id, doc_id, _concat(chunk[:a_end]), _concat(chunk[a_end:]), False)
-                )
-            elif len(chunk[0]) >= 2:
-                cut = r.randint(1, len(chunk[0]) - 1)
-                out.pairs.append(Pair(key, doc_id, doc_id, chunk[0][:cut], chunk[0][cut:], False))
+                a_len = starts[a_end] - starts[first]
+                plan.requests.append((pass_index, index, starts[first], starts[a_end], max(1, target - a_len)))
+                plan.donors.append((pass_index, requests))
+                requests += 1
+                i = a_end - 1  # put the unused sentences back
+            elif size >= 2:
+                plan.pairs.append((pass_index, index, starts[first], starts[a_end], starts[a_end], starts[i + 1]))
+            elif lengths[first] >= 2:
+                cut = starts[first] + 1 + int(draw() * (lengths[first] - 1))
+                plan.pairs.append((pass_index, index, starts[first], cut, cut, starts[first + 1]))
             else:
-                out.unpairable += 1
-            chunk = []
+                plan.unpairable += 1
+            index += 1
+            first = i + 1
             length = 0
         i += 1
-
-    out.donors = make_donors(doc_id, sentences, pass_index, seed, len(out.requests), max_num_tokens)
-    return out
+    return plan
 
 
-def make_donors(
-    doc_id: int,
-    sentences: list[np.ndarray],
-    pass_index: int,
-    seed: int,
-    count: int,
-    max_num_tokens: int,
-) -> list[Donor]:
-    """``count`` segments of whole sentences, each from a random start, up to the longest B."""
-    donors = []
-    for j in range(count):
-        key = rng.mix_int(seed, rng.PURPOSE_DONOR, doc_id, pass_index, j)
-        start = key % len(sentences)
-        taken, total = [], 0
-        for s in sentences[start:]:
-            taken.append(s)
-            total += len(s)
-            if total >= max_num_tokens:
-                break
-        donors.append(Donor(key, doc_id, tuple(taken)))
-    return donors
+def plan_blocks(
+    docs: list[tuple[int, np.ndarray, np.ndarray]], plans: list[DocumentPlan], seed: int, max_num_tokens: int
+) -> tuple[PairBlock, RequestBlock, DonorBlock]:
+    """Gather the tokens of planned pairs, requests and donors for a batch of documents.
+
+    ``docs`` holds (doc_id, tokens, sentence lengths) and ``plans`` their plans. All
+    documents' tokens go into one array, so each block costs one vectorised gather
+    however many documents the batch has.
+    """
+    doc_ids = np.array([d[0] for d in docs], dtype=np.uint64)
+    flat = np.concatenate([d[1] for d in docs]) if docs else np.zeros(0, np.int32)
+    sizes = np.array([len(d[1]) for d in docs], dtype=np.int64)
+    base = np.cumsum(sizes) - sizes  # where each document starts in ``flat``
+    # sentence starts of all documents, each document's n + 1 entries side by side
+    starts = np.concatenate([np.concatenate([[0], np.cumsum(d[2], dtype=np.int64)]) + b for d, b in zip(docs, base)])
+    counts = np.array([len(d[2]) for d in docs], dtype=np.int64)
+    first_start = np.cumsum(counts + 1) - (counts + 1)  # index of each document's first start
+
+    def table(rows: list, width: int) -> np.ndarray:
+        return np.array(rows, dtype=np.int64).reshape(-1, width)
+
+    p = table([(k, *t) for k, plan in enumerate(plans) for t in plan.pairs], 7)
+    if len(p):
+        k, off = p[:, 0], base[p[:, 0]]
+        pairs = PairBlock(
+            key=instance_keys(seed, doc_ids[k], p[:, 1], p[:, 2]), doc_a=doc_ids[k], doc_b=doc_ids[k],
+            random_next=np.zeros(len(p), dtype=np.int8),
+            a=Ragged.from_ranges(flat, off + p[:, 3], p[:, 4] - p[:, 3]),
+            b=Ragged.from_ranges(flat, off + p[:, 5], p[:, 6] - p[:, 5]),
+        )
+    else:
+        pairs = PairBlock.empty()
+
+    q = table([(k, *t) for k, plan in enumerate(plans) for t in plan.requests], 6)
+    if len(q):
+        k = q[:, 0]
+        requests = RequestBlock(
+            key=instance_keys(seed, doc_ids[k], q[:, 1], q[:, 2]), doc=doc_ids[k], target_b=q[:, 5],
+            a=Ragged.from_ranges(flat, base[k] + q[:, 3], q[:, 4] - q[:, 3]),
+        )
+    else:
+        requests = RequestBlock.empty()
+
+    d = table([(k, *t) for k, plan in enumerate(plans) for t in plan.donors], 3)
+    if len(d):
+        k = d[:, 0]
+        keys = donor_keys(seed, doc_ids[k], d[:, 1], d[:, 2])
+        n = counts[k]
+        first = (keys % n.astype(np.uint64)).astype(np.int64)  # a uniformly random starting sentence
+        lo = first_start[k] + first  # index of the donor's first sentence start in ``starts``
+        # whole sentences from there until max_num_tokens is reached or the document ends
+        doc_end = first_start[k] + n
+        stop = np.searchsorted(starts, starts[lo] + max_num_tokens, side="left")
+        stop = np.clip(stop, lo + 1, doc_end)
+        ends = Ragged.from_ranges(starts, lo + 1, stop - lo)
+        ends.values = ends.values - np.repeat(starts[lo], stop - lo)
+        donors = DonorBlock(
+            key=keys, doc=doc_ids[k],
+            tokens=Ragged.from_ranges(flat, starts[lo], starts[stop] - starts[lo]),
+            sentence_ends=ends,
+        )
+    else:
+        donors = DonorBlock.empty()
+    return pairs, requests, donors
 
 
-def resolve_random_next(
-    requests: list[RandomNextRequest], donors: list[Donor]
-) -> tuple[list[Pair], int]:
+def resolve_random_next(requests: RequestBlock, donors: DonorBlock) -> tuple[PairBlock, int]:
     """Give each request a B from a random donor of another document.
 
     Donors are drawn with replacement (as the reference draws documents), the draw
-    keyed by the request's own key; a donor of the requesting document is passed over
-    for the next one. B is the donor's sentences up to the first that reaches the
-    request's target length, as in the reference. Returns the pairs and the number of
-    requests that found no donor from another document (only possible when a
-    partition holds a single document).
+    keyed by the request's own key; a donor of the requesting document is passed
+    over for the next one. B is the donor's sentences up to the first that reaches
+    the request's target length, as in the reference. Returns the pairs and how many
+    requests found no donor of another document (possible only when a bucket holds
+    donors of a single document). The result does not depend on input order.
     """
-    if not requests:
-        return [], 0
-    donors = sorted(donors, key=lambda d: d.key)
-    requests = sorted(requests, key=lambda q: q.key)
+    if len(requests) == 0:
+        return PairBlock.empty(), 0
+    if len(donors) == 0:
+        return PairBlock.empty(), len(requests)
+    requests = requests.take(np.argsort(requests.key, kind="stable"))
+    donors = donors.take(np.argsort(donors.key, kind="stable"))
     nd = len(donors)
-    pairs: list[Pair] = []
-    unresolved = 0
-    if nd == 0:
-        return pairs, len(requests)
-    keys = np.array([q.key for q in requests], dtype=np.uint64)
-    draws = (rng.uniform(rng.mix(keys, rng.PURPOSE_DONOR)) * nd).astype(np.int64)
-    for q, first in zip(requests, draws.tolist()):
-        donor = None
-        for probe in range(nd):
-            candidate = donors[(first + probe) % nd]
-            if candidate.doc_id != q.doc_id:
-                donor = candidate
-                break
-        if donor is None:
-            unresolved += 1
-            continue
-        taken, total = [], 0
-        for s in donor.sentences:
-            taken.append(s)
-            total += len(s)
-            if total >= q.target_b_length:
-                break
-        pairs.append(Pair(q.key, q.doc_id, donor.doc_id, q.tokens_a, _concat(taken), True))
-    return pairs, unresolved
+    first = (rng.uniform(rng.mix(requests.key, rng.PURPOSE_DONOR)) * nd).astype(np.int64)
+    choice = first.copy()
+    conflict = donors.doc[choice] == requests.doc
+    for step in range(1, nd):
+        if not conflict.any():
+            break
+        idx = np.flatnonzero(conflict)
+        choice[idx] = (first[idx] + step) % nd
+        conflict[idx] = donors.doc[choice[idx]] == requests.doc[idx]
+    ok = np.flatnonzero(~conflict)
+    d = choice[ok]
+    target = requests.target_b[ok]
+
+    # First sentence end >= target within each chosen donor, as one sorted search.
+    ends = donors.sentence_ends
+    segment = np.repeat(np.arange(nd, dtype=np.int64), ends.lengths)
+    composite = (segment << 32) + ends.values
+    pos = np.searchsorted(composite, (d << 32) + target, side="left")
+    pos = np.minimum(pos, ends.offsets[d + 1] - 1)
+    b_len = ends.values[pos]
+    pairs = PairBlock(
+        key=requests.key[ok], doc_a=requests.doc[ok], doc_b=donors.doc[d],
+        random_next=np.ones(len(ok), dtype=np.int8),
+        a=requests.a.take(ok),
+        b=Ragged.from_ranges(donors.tokens.values, donors.tokens.offsets[d], b_len),
+    )
+    return pairs, int(len(requests) - len(ok))
 
 
 def truncation_counts(
@@ -227,10 +259,9 @@ def front_counts(keys: np.ndarray, side: int, removed: np.ndarray) -> np.ndarray
     count of heads among ``removed`` keyed coins (popcount of keyed random bits).
     """
     fronts = np.zeros(len(keys), dtype=np.int64)
-    if len(keys) == 0:
+    if len(keys) == 0 or not removed.any():
         return fronts
-    words = int((removed.max() + 63) // 64) if removed.size else 0
-    for w in range(words):
+    for w in range(int((removed.max() + 63) // 64)):
         bits = rng.mix(keys, rng.PURPOSE_TRUNCATE, side, w)
         nbits = np.clip(removed - 64 * w, 0, 64)
         mask = np.where(
@@ -242,30 +273,18 @@ def front_counts(keys: np.ndarray, side: int, removed: np.ndarray) -> np.ndarray
     return fronts
 
 
-def truncate_pairs(pairs: list[Pair], max_num_tokens: int) -> tuple[list[Pair], int]:
+def truncate_pairs(pairs: PairBlock, max_num_tokens: int) -> tuple[PairBlock, int]:
     """Truncate every pair to ``max_num_tokens``; returns the pairs and tokens removed."""
-    if not pairs:
+    if len(pairs) == 0:
         return pairs, 0
-    keys = np.array([p.key for p in pairs], dtype=np.uint64)
-    len_a = np.array([len(p.tokens_a) for p in pairs], dtype=np.int64)
-    len_b = np.array([len(p.tokens_b) for p in pairs], dtype=np.int64)
-    cut_a, cut_b = truncation_counts(len_a, len_b, max_num_tokens)
-    if not (cut_a.any() or cut_b.any()):
+    cut_a, cut_b = truncation_counts(pairs.a.lengths, pairs.b.lengths, max_num_tokens)
+    removed = int(cut_a.sum() + cut_b.sum())
+    if removed == 0:
         return pairs, 0
-    front_a = front_counts(keys, 0, cut_a)
-    front_b = front_counts(keys, 1, cut_b)
-    out = []
-    for p, la, lb, ca, cb, fa, fb in zip(
-        pairs, len_a.tolist(), len_b.tolist(), cut_a.tolist(), cut_b.tolist(),
-        front_a.tolist(), front_b.tolist(),
-    ):
-        if ca or cb:
-            p = p._replace(
-                tokens_a=p.tokens_a[fa : la - (ca - fa)], tokens_b=p.tokens_b[fb : lb - (cb - fb)]
-            )
-        out.append(p)
-    return out, int(cut_a.sum() + cut_b.sum())
-
-
-def _concat(parts: list[np.ndarray]) -> np.ndarray:
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    front_a = front_counts(pairs.key, 0, cut_a)
+    front_b = front_counts(pairs.key, 1, cut_b)
+    out = PairBlock(
+        pairs.key, pairs.doc_a, pairs.doc_b, pairs.random_next,
+        pairs.a.window(front_a, cut_a - front_a), pairs.b.window(front_b, cut_b - front_b),
+    )
+    return out, removed

@@ -22,7 +22,7 @@ gathers each shard's rows for writing.
 from __future__ import annotations
 
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -35,7 +35,15 @@ from preprocess import rng
 from preprocess.config import PreprocessConfig
 from preprocess.documents import ReadParams, file_format, open_input, read_documents
 from preprocess.manifest import MANIFEST_NAME, add_stats, build_manifest, dumps, split_summary
-from preprocess.pairs import PairingParams, pair_document, resolve_random_next, truncate_pairs
+from preprocess.packed import DonorBlock, PairBlock, RequestBlock
+from preprocess.pairs import (
+    DocumentPlan,
+    PairingParams,
+    plan_blocks,
+    plan_document,
+    resolve_random_next,
+    truncate_pairs,
+)
 from preprocess.sentences import split_sentences
 from preprocess.shards import (
     RowSpec,
@@ -138,13 +146,15 @@ class SplitSentences(beam.PTransform):
 @dataclass(frozen=True)
 class TokenizedDocument:
     doc_id: int
-    sentences: list  # list of int32 arrays, none empty, none longer than max_seq_length
+    tokens: np.ndarray  # (total,) int32: all sentences back to back
+    lengths: np.ndarray  # (sentences,) int32: none 0, none over max_seq_length
 
 
 class _TokenizeFn(beam.DoFn):
-    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int):
+    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str):
         self.spec = spec
         self.max_sentence_tokens = max_sentence_tokens
+        self.token_dtype = np.dtype(token_dtype)  # uint16 for vocabularies up to 65,536: half the shuffle
 
     def setup(self):
         self.tokenizer = build_tokenizer(self.spec)
@@ -173,100 +183,127 @@ class _TokenizeFn(beam.DoFn):
             stats["sentences"] += len(tokens)
             if len(tokens) == 1:
                 stats["documents_single_sentence"] += 1
-            yield TokenizedDocument(doc_id, tokens)
+            yield TokenizedDocument(
+                doc_id,
+                np.concatenate(tokens).astype(self.token_dtype),
+                np.fromiter(map(len, tokens), dtype=np.int32, count=len(tokens)),
+            )
         yield _count(stats, "documents")
 
 
 class TokenizeDocuments(beam.PTransform):
     """(doc_id, sentences) -> TokenizedDocument, batched through ``encode_batch``."""
 
-    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int):
+    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str = "int32"):
         super().__init__()
-        self.spec = spec
-        self.max_sentence_tokens = max_sentence_tokens
+        self.args = (spec, max_sentence_tokens, token_dtype)
 
     def expand(self, docs):
         return (
             docs
             | "Batch" >> beam.BatchElements(min_batch_size=16, max_batch_size=256)
-            | "Encode" >> beam.ParDo(_TokenizeFn(self.spec, self.max_sentence_tokens)).with_outputs(STATS, main="docs")
+            | "Encode" >> beam.ParDo(_TokenizeFn(*self.args)).with_outputs(STATS, main="docs")
         )
 
 
 # ---------------------------------------------------------------- pair
-def bucket_of(key: int, buckets: int) -> int:
-    """Buckets are contiguous ranges of the 64-bit key space."""
-    return ((key >> 32) * buckets) >> 32
+def bucket_of(keys: np.ndarray, buckets: int) -> np.ndarray:
+    """Buckets are contiguous ranges of the 64-bit key space, so key order is bucket order."""
+    return ((keys >> np.uint64(32)) * np.uint64(buckets)) >> np.uint64(32)
 
 
 class _PairFn(beam.DoFn):
     def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int):
         self.split, self.params, self.dupe_factor, self.seed, self.buckets = split, params, dupe_factor, seed, buckets
 
-    def process(self, doc: TokenizedDocument):
-        by_bucket: dict[int, tuple[list, list, list]] = defaultdict(lambda: ([], [], []))
-        stats: Counter = Counter()
-        stats["documents"] += 1
-        for pass_index in range(self.dupe_factor):
-            made = pair_document(doc.doc_id, doc.sentences, pass_index, self.seed, self.params)
-            for p in made.pairs:
-                by_bucket[bucket_of(p.key, self.buckets)][0].append(p)
-            for q in made.requests:
-                by_bucket[bucket_of(q.key, self.buckets)][1].append(q)
-            for d in made.donors:
-                by_bucket[bucket_of(d.key, self.buckets)][2].append(d)
-            stats["pairs_unpairable"] += made.unpairable
-        for bucket, items in by_bucket.items():
-            if items[0] or items[1]:
-                yield TaggedOutput("counts", (bucket, len(items[0]) + len(items[1])))
-            yield bucket, items
+    def process(self, docs: list[TokenizedDocument]):
+        stats: Counter = Counter(documents=len(docs))
+        plans = []
+        for doc in docs:
+            lengths = doc.lengths.tolist()
+            plan = DocumentPlan()
+            for pass_index in range(self.dupe_factor):
+                plan_document(doc.doc_id, lengths, pass_index, self.seed, self.params, plan)
+            stats["pairs_unpairable"] += plan.unpairable
+            plans.append(plan)
+        pairs, requests, donors = plan_blocks(
+            [(d.doc_id, d.tokens, d.lengths) for d in docs], plans, self.seed, self.params.max_num_tokens
+        )
+        by_bucket = [
+            _split_by_bucket(block, self.buckets) for block in (pairs, requests, donors)
+        ]
+        for bucket in sorted(set().union(*by_bucket)):
+            p = by_bucket[0].get(bucket, PairBlock.empty())
+            q = by_bucket[1].get(bucket, RequestBlock.empty())
+            d = by_bucket[2].get(bucket, DonorBlock.empty())
+            if len(p) or len(q):
+                yield TaggedOutput("counts", (bucket, len(p) + len(q)))
+            yield bucket, (p, q, d)
         yield _count(stats, self.split)
 
 
+def _split_by_bucket(block, buckets: int) -> dict:
+    """The rows of a block grouped by the bucket of their key."""
+    if len(block) == 0:
+        return {}
+    of = bucket_of(block.key, buckets)
+    order = np.argsort(of, kind="stable")
+    values, starts = np.unique(of[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    return {int(v): block.take(order[a:b]) for v, a, b in zip(values, starts, ends)}
+
+
 class CreatePairs(beam.PTransform):
-    """TokenizedDocument -> (bucket, (pairs, requests, donors)); row counts per bucket."""
+    """Batches of TokenizedDocument -> (bucket, (pairs, requests, donors)); row counts per bucket."""
 
     def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int):
         super().__init__()
         self.args = (split, params, dupe_factor, seed, buckets)
 
     def expand(self, docs):
-        return docs | beam.ParDo(_PairFn(*self.args)).with_outputs(STATS, "counts", main="items")
+        return (
+            docs
+            | "Batch" >> beam.BatchElements(min_batch_size=8, max_batch_size=512)
+            | "Plan" >> beam.ParDo(_PairFn(*self.args)).with_outputs(STATS, "counts", main="items")
+        )
 
 
 # ---------------------------------------------------------------- mask
+ROWS_PER_BUILD = 16384  # bounds the masking scratch memory per call
+
+
 class _ResolveAndMaskFn(beam.DoFn):
     def __init__(self, split: str, spec: RowSpec, max_num_tokens: int, num_shards: int):
         self.split, self.spec, self.max_num_tokens, self.num_shards = split, spec, max_num_tokens, num_shards
 
     def process(self, element, counts: dict):
         bucket, groups = element
-        pairs, requests, donors = [], [], []
-        for p, q, d in groups:
-            pairs += p
-            requests += q
-            donors += d
-        resolved, unresolved = resolve_random_next(requests, donors)
-        pairs, truncated = truncate_pairs(pairs + resolved, self.max_num_tokens)
-        stats: Counter = Counter(random_next_unresolved=unresolved, tokens_truncated=truncated)
-        out_stats = dict(stats)
-        if pairs:
-            pairs.sort(key=lambda p: p.key)
-            batch, _, row_stats = build_rows(pairs, self.spec)
-            out_stats = add_stats(out_stats, row_stats)
-            total = sum(counts.values())
-            shards = min(self.num_shards, total)
-            first = sum(c for b, c in counts.items() if b < bucket)
-            positions = first + np.arange(len(pairs))
-            shard_of = positions * shards // total
-            for s in np.unique(shard_of).tolist():
-                idx = np.flatnonzero(shard_of == s)
-                # take() copies: a slice would drag (and pickle) the whole batch's buffers
-                yield (int(s), shards), (int(positions[idx[0]]), batch.take(idx))
+        groups = list(groups)
+        resolved, unresolved = resolve_random_next(
+            RequestBlock.concat([g[1] for g in groups]), DonorBlock.concat([g[2] for g in groups])
+        )
+        pairs = PairBlock.concat([g[0] for g in groups] + [resolved])
+        pairs, truncated = truncate_pairs(pairs, self.max_num_tokens)
+        stats = {"random_next_unresolved": unresolved, "tokens_truncated": truncated}
         for k, v in stats.items():
             if v:
                 Metrics.counter(NAMESPACE, k).inc(v)
-        yield TaggedOutput(STATS, (self.split, out_stats))
+        if len(pairs):
+            pairs = pairs.take(np.argsort(pairs.key, kind="stable"))
+            total = sum(counts.values())
+            shards = min(self.num_shards, total)
+            first = sum(c for b, c in counts.items() if b < bucket)
+            for lo in range(0, len(pairs), ROWS_PER_BUILD):
+                chunk = pairs.take(np.arange(lo, min(lo + ROWS_PER_BUILD, len(pairs))))
+                batch, row_stats = build_rows(chunk, self.spec)
+                stats = add_stats(stats, row_stats)
+                positions = first + lo + np.arange(len(chunk))
+                shard_of = positions * shards // total
+                for s in np.unique(shard_of).tolist():
+                    idx = np.flatnonzero(shard_of == s)
+                    # take() copies: a slice would drag (and pickle) the whole batch's buffers
+                    yield (int(s), shards), (int(positions[idx[0]]), batch.take(idx))
+        yield TaggedOutput(STATS, (self.split, stats))
 
 
 class MaskInstances(beam.PTransform):
@@ -370,7 +407,9 @@ def build_pipeline(p: beam.Pipeline, cfg: PreprocessConfig, files: list[str], vo
 
     docs, read_stats = p | "ListFiles" >> beam.Create(list(enumerate(files))) | "Read" >> ReadCorpus(cfg.read_params)
     sentences = docs | "Split" >> SplitSentences(cfg.language)
-    tokenized, token_stats = sentences | "Tokenize" >> TokenizeDocuments(spec, cfg.max_seq_length)
+    tokenized, token_stats = sentences | "Tokenize" >> TokenizeDocuments(
+        spec, cfg.max_seq_length, vocab.token_dtype.name
+    )
     by_split = tokenized | "AssignSplit" >> beam.Partition(
         lambda d, n, frac=cfg.validation_fraction: 0 if split_of(d.doc_id, frac) == "train" else 1, 2
     )

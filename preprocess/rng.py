@@ -27,8 +27,6 @@ PURPOSE_DOCUMENT = 1
 PURPOSE_INSTANCE = 2
 PURPOSE_MASK_ORDER = 3
 PURPOSE_MASK_ACTION = 4
-PURPOSE_MASK_KEEP = 5
-PURPOSE_MASK_TOKEN = 6
 PURPOSE_TRUNCATE = 7
 PURPOSE_DONOR = 8
 PURPOSE_BUCKET = 9
@@ -57,9 +55,26 @@ def mix(*parts: int | np.ndarray) -> np.ndarray:
     return h
 
 
+def _splitmix_int(x: int) -> int:
+    z = (x + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
 def mix_int(*parts: int) -> int:
-    """Scalar version of :func:`mix` returning a Python int."""
-    return int(mix(*parts)[0])
+    """:func:`mix` for Python ints, in plain integer arithmetic (numpy scalars cost ~50x more)."""
+    h = _splitmix_int(parts[0] & _MASK64)
+    for p in parts[1:]:
+        h = _splitmix_int(h ^ (p & _MASK64))
+    return h
+
+
+def position_hash(row_keys: np.ndarray, purpose: int, row_of: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Per-token hashes keyed by (row key, purpose, position): one mixing round per token."""
+    base = mix(row_keys, purpose)
+    with np.errstate(over="ignore"):
+        return _splitmix(base[row_of] + pos.astype(np.uint64) * _M2)
 
 
 def uniform(h: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from preprocess.masking import MaskingParams, MaskVocab, mask_batch
-from preprocess.pairs import Pair
+from preprocess.packed import PairBlock, offsets_of
 
 FORMAT_NAME = "bert-pretraining-arrow"
 FORMAT_VERSION = 1
@@ -67,62 +67,53 @@ class RowSpec:
     mask_vocab: MaskVocab
 
 
-def build_rows(pairs: list[Pair], spec: RowSpec) -> tuple[pa.RecordBatch, np.ndarray, dict]:
-    """Frame, mask and pack already-truncated pairs.
+def frame_pairs(pairs: PairBlock, cls_id: int, sep_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[CLS] A [SEP] B [SEP]`` for every pair: (tokens, row offsets, b_starts)."""
+    la, lb = pairs.a.lengths, pairs.b.lengths
+    offsets = offsets_of(la + lb + 3)
+    starts = offsets[:-1]
+    tokens = np.empty(int(offsets[-1]), dtype=np.int64)
+    tokens[starts] = cls_id
+    tokens[starts + la + 1] = sep_id
+    tokens[offsets[1:] - 1] = sep_id
+    tokens[np.repeat(starts + 1 - pairs.a.offsets[:-1], la) + np.arange(len(pairs.a.values))] = pairs.a.values
+    tokens[np.repeat(starts + la + 2 - pairs.b.offsets[:-1], lb) + np.arange(len(pairs.b.values))] = pairs.b.values
+    return tokens, offsets, la + 2
 
-    Returns the record batch, the rows' uint64 instance keys (the shuffle order) and
-    statistics for the manifest.
-    """
-    n = len(pairs)
+
+def build_rows(pairs: PairBlock, spec: RowSpec) -> tuple[pa.RecordBatch, dict]:
+    """Frame, mask and pack already-truncated pairs into a record batch, with statistics."""
     dtype = np.dtype(spec.token_dtype)
-    keys = np.fromiter((p.key for p in pairs), dtype=np.uint64, count=n)
-    pieces = []
-    cls = np.array([spec.cls_id], dtype=np.int32)
-    sep = np.array([spec.sep_id], dtype=np.int32)
-    lengths = np.empty(n, dtype=np.int64)
-    b_starts = np.empty(n, dtype=np.int64)
-    for i, p in enumerate(pairs):
-        pieces += (cls, p.tokens_a, sep, p.tokens_b, sep)
-        b_starts[i] = len(p.tokens_a) + 2
-        lengths[i] = len(p.tokens_a) + len(p.tokens_b) + 3
-    tokens = np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, np.int64)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    masked = mask_batch(tokens, offsets, b_starts, keys, spec.masking, spec.mask_vocab)
-
-    labels_nsp = np.fromiter((p.is_random_next for p in pairs), dtype=np.int8, count=n)
+    tokens, offsets, b_starts = frame_pairs(pairs, spec.cls_id, spec.sep_id)
+    masked = mask_batch(tokens, offsets, b_starts, pairs.key, spec.masking, spec.mask_vocab)
+    label_offsets = pa.array(masked.label_offsets.astype(np.int32))
     batch = pa.RecordBatch.from_arrays(
         [
             pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(masked.input_ids.astype(dtype))),
             pa.array(b_starts.astype(np.uint16)),
-            pa.ListArray.from_arrays(
-                pa.array(masked.label_offsets.astype(np.int32)), pa.array(masked.positions.astype(np.uint16))
-            ),
-            pa.ListArray.from_arrays(
-                pa.array(masked.label_offsets.astype(np.int32)), pa.array(masked.labels.astype(dtype))
-            ),
-            pa.array(labels_nsp),
-            pa.array(np.fromiter((p.doc_id_a for p in pairs), dtype=np.uint64, count=n)),
-            pa.array(np.fromiter((p.doc_id_b for p in pairs), dtype=np.uint64, count=n)),
+            pa.ListArray.from_arrays(label_offsets, pa.array(masked.positions.astype(np.uint16))),
+            pa.ListArray.from_arrays(label_offsets, pa.array(masked.labels.astype(dtype))),
+            pa.array(pairs.random_next.astype(np.int8)),
+            pa.array(pairs.doc_a.astype(np.uint64)),
+            pa.array(pairs.doc_b.astype(np.uint64)),
         ],
         schema=schema(dtype),
     )
-    special = np.zeros(len(tokens), dtype=bool)
-    special[offsets[:-1]] = True
-    special[offsets[1:] - 1] = True
-    special[offsets[:-1] + b_starts - 1] = True
+    lengths = np.diff(offsets)
+    ordinary = len(tokens) - 3 * len(pairs)
     stats = {
-        "rows": n,
-        "tokens": int(lengths.sum()),
-        "next_sentence_random": int(labels_nsp.sum()),
+        "rows": len(pairs),
+        "tokens": int(offsets[-1]),
+        "next_sentence_random": int(pairs.random_next.sum()),
         "masked_positions": int(len(masked.positions)),
         "mask_token": int(masked.actions[0]),
         "mask_unchanged": int(masked.actions[1]),
         "mask_random": int(masked.actions[2]),
-        "unk_tokens": int(((tokens == spec.unk_id) & ~special).sum()),
+        # [UNK] never appears among the special places, so counting all tokens is exact
+        "unk_tokens": int(np.count_nonzero(tokens == spec.unk_id)) if ordinary else 0,
         "length_histogram": np.bincount(lengths, minlength=spec.max_seq_length + 1).tolist(),
     }
-    return batch, keys, stats
+    return batch, stats
 
 
 @dataclass(frozen=True)

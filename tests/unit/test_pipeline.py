@@ -64,9 +64,9 @@ def test_tokenize_batches_cuts_long_sentences_and_drops_empty_documents(vocab_fi
             | beam.Create([(1, ["Return the value.", long_sentence]), (2, ["\x07\x08"])])
             | TokenizeDocuments(spec, max_sentence_tokens=16)
         )
-        lengths = docs | beam.Map(lambda d: (d.doc_id, [len(s) for s in d.sentences]))
+        lengths = docs | beam.Map(lambda d: (d.doc_id, d.lengths.tolist(), len(d.tokens)))
         first = len(tok.encode("Return the value.", add_special_tokens=False).ids)
-        assert_that(lengths, equal_to([(1, [first, 16, 16, 8])]), label="docs")
+        assert_that(lengths, equal_to([(1, [first, 16, 16, 8], first + 40)]), label="docs")
         counts = stats | beam.Map(lambda kv: kv[1]) | beam.FlatMap(dict.items) | beam.CombinePerKey(sum)
         assert_that(
             counts | beam.Filter(lambda kv: kv[0] in ("document_no_tokens", "sentences_cut_long")),
@@ -77,10 +77,11 @@ def test_tokenize_batches_cuts_long_sentences_and_drops_empty_documents(vocab_fi
 
 def _docs(n=12):
     r = np.random.default_rng(0)
-    return [
-        TokenizedDocument(d, [r.integers(5, 300, int(r.integers(3, 12))).astype(np.int32) for _ in range(8)])
-        for d in range(n)
-    ]
+    docs = []
+    for d in range(n):
+        lengths = r.integers(3, 12, 8).astype(np.int32)
+        docs.append(TokenizedDocument(d, r.integers(5, 300, int(lengths.sum())).astype(np.uint16), lengths))
+    return docs
 
 
 def test_create_pairs_routes_items_to_key_buckets_and_counts_rows():
@@ -90,7 +91,8 @@ def test_create_pairs_routes_items_to_key_buckets_and_counts_rows():
 
         def check(element):
             bucket, (pairs, requests, donors) = element
-            assert all(bucket_of(x.key, 4) == bucket for x in pairs + requests + donors)
+            for block in (pairs, requests, donors):
+                assert np.all(bucket_of(block.key, 4) == bucket)
             return len(pairs) + len(requests)
 
         per_bucket = items | beam.Map(lambda e: (e[0], check(e))) | "SumItems" >> beam.CombinePerKey(sum)
@@ -135,12 +137,14 @@ def test_mask_instances_resolves_random_next_and_balances_shards(vocab_file):
 
 def test_write_shards_writes_arrow_files_atomically(tmp_path, vocab_file):
     spec = _row_spec(vocab_file)
-    from preprocess.pairs import Pair
+    from preprocess.packed import PairBlock, Ragged
     from preprocess.shards import build_rows
 
-    pairs = [Pair(k, 1, 1, np.arange(5, 9, dtype=np.int32), np.arange(9, 14, dtype=np.int32), False)
-             for k in range(6)]
-    batch, _, _ = build_rows(pairs, spec)
+    ones = np.ones(6, dtype=np.uint64)
+    pairs = PairBlock(np.arange(6, dtype=np.uint64), ones, ones, np.zeros(6, dtype=np.int8),
+                      Ragged(np.tile(np.arange(5, 9), 6), np.arange(7) * 4),
+                      Ragged(np.tile(np.arange(9, 14), 6), np.arange(7) * 5))
+    batch, _ = build_rows(pairs, spec)
     elements = [((0, 2), (0, batch.slice(0, 3))), ((1, 2), (3, batch.slice(3, 3)))]
     with TestPipeline() as p:
         infos = p | beam.Create(elements) | WriteShards(str(tmp_path), "train", "uint16", {"seed": "1"})

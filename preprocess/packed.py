@@ -1,0 +1,145 @@
+"""Packed, columnar batches of variable-length token sequences.
+
+Pairing, resolving, truncation and masking all work on these, never on one Python
+object per instance: a batch of 10,000 pairs is a dozen numpy arrays, gathered and
+sliced with vectorised index arithmetic, and pickled between Beam stages as a few
+contiguous buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+
+def gather_ranges(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenate ``flat[starts[i] : starts[i] + lengths[i]]`` for all i, without a loop."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return flat[:0]
+    out_starts = np.cumsum(lengths) - lengths
+    idx = np.repeat(np.asarray(starts, dtype=np.int64) - out_starts, lengths) + np.arange(total)
+    return flat[idx]
+
+
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+@dataclass
+class Ragged:
+    """Rows of different lengths: row i is ``values[offsets[i]:offsets[i + 1]]``."""
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def empty(cls, dtype=np.int32) -> Ragged:
+        return cls(np.zeros(0, dtype=dtype), np.zeros(1, dtype=np.int64))
+
+    @classmethod
+    def from_ranges(cls, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> Ragged:
+        lengths = np.asarray(lengths, dtype=np.int64)
+        return cls(gather_ranges(flat, starts, lengths), offsets_of(lengths))
+
+    @classmethod
+    def concat(cls, parts: list[Ragged]) -> Ragged:
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        values = np.concatenate([p.values for p in parts])
+        return cls(values, offsets_of(np.concatenate([p.lengths for p in parts])))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row(self, i: int) -> np.ndarray:
+        return self.values[self.offsets[i] : self.offsets[i + 1]]
+
+    def take(self, idx: np.ndarray) -> Ragged:
+        idx = np.asarray(idx, dtype=np.int64)
+        return Ragged.from_ranges(self.values, self.offsets[idx], self.lengths[idx])
+
+    def window(self, cut_front: np.ndarray, cut_back: np.ndarray) -> Ragged:
+        """Each row without ``cut_front[i]`` leading and ``cut_back[i]`` trailing values."""
+        return Ragged.from_ranges(self.values, self.offsets[:-1] + cut_front, self.lengths - cut_front - cut_back)
+
+
+class _Columns:
+    """Shared operations for dataclasses whose fields are row-aligned arrays or Ragged."""
+
+    def __len__(self) -> int:
+        return len(self.key)  # type: ignore[attr-defined]
+
+    def take(self, idx: np.ndarray):
+        return type(self)(**{f.name: getattr(self, f.name)[idx] if not isinstance(getattr(self, f.name), Ragged)
+                             else getattr(self, f.name).take(idx) for f in fields(self)})  # type: ignore[arg-type]
+
+    @classmethod
+    def concat(cls, parts: list):
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()  # type: ignore[attr-defined]
+        if len(parts) == 1:
+            return parts[0]
+        out = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            cols = [getattr(p, f.name) for p in parts]
+            out[f.name] = Ragged.concat(cols) if isinstance(cols[0], Ragged) else np.concatenate(cols)
+        return cls(**out)
+
+
+@dataclass
+class PairBlock(_Columns):
+    """Complete A/B pairs."""
+
+    key: np.ndarray  # (n,) uint64 instance keys
+    doc_a: np.ndarray  # (n,) uint64
+    doc_b: np.ndarray  # (n,) uint64
+    random_next: np.ndarray  # (n,) int8: 1 = B is from another document
+    a: Ragged
+    b: Ragged
+
+    @classmethod
+    def empty(cls) -> PairBlock:
+        z = np.zeros(0, dtype=np.uint64)
+        return cls(z, z, z, np.zeros(0, dtype=np.int8), Ragged.empty(), Ragged.empty())
+
+
+@dataclass
+class RequestBlock(_Columns):
+    """Segments A waiting for a random B of at least ``target_b`` tokens."""
+
+    key: np.ndarray
+    doc: np.ndarray
+    target_b: np.ndarray  # (n,) int64
+    a: Ragged
+
+    @classmethod
+    def empty(cls) -> RequestBlock:
+        z = np.zeros(0, dtype=np.uint64)
+        return cls(z, z, np.zeros(0, dtype=np.int64), Ragged.empty())
+
+
+@dataclass
+class DonorBlock(_Columns):
+    """Runs of whole sentences offered as random B segments."""
+
+    key: np.ndarray
+    doc: np.ndarray
+    tokens: Ragged
+    sentence_ends: Ragged  # per donor: cumulative sentence lengths, the last = its token count
+
+    @classmethod
+    def empty(cls) -> DonorBlock:
+        z = np.zeros(0, dtype=np.uint64)
+        return cls(z, z, Ragged.empty(), Ragged.empty(np.int64))
