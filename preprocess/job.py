@@ -40,7 +40,10 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | No
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     direct = opts.view_as(DirectOptions)
-    given = lambda flag: any(a == flag or a.startswith(flag + "=") for a in beam_args)  # noqa: E731
+
+    def given(flag: str) -> bool:
+        return any(a == flag or a.startswith(flag + "=") for a in beam_args)
+
     # DirectOptions defaults to one worker: ask for every core unless told otherwise.
     if not given("--direct_num_workers") or not direct.direct_num_workers:
         direct.direct_num_workers = os.cpu_count() or 1

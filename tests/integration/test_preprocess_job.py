@@ -13,9 +13,10 @@ import pytest
 
 from bench.reference_bert import ReferenceTokenizer, create_instances
 from preprocess.documents import document_source
+from preprocess.example import write_corpus
 from preprocess.reader import PretrainingDataset
 from preprocess.report import load_tokens
-from tests.conftest import run_job, write_corpus
+from tests.conftest import run_job
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
