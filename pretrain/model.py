@@ -1,0 +1,420 @@
+"""BERT for pre-training (MLM + NSP), exactly BERT, in plain PyTorch.
+
+Post-LayerNorm encoder, exact (erf) GELU, token + position + segment embeddings,
+LayerNorm eps 1e-12, dropout where BERT has it, an MLM head (dense, GELU,
+LayerNorm, decoder tied to the word embeddings, bias) and an NSP head on the
+tanh-pooled [CLS]. Module and parameter names are transformers' own
+(``bert.encoder.layer.N.attention.self.query`` ...), so a transformers
+``BertForPreTraining`` state dict loads with ``strict=True``.
+
+Differences in *how*, not *what*:
+
+* attention is one call through :mod:`pretrain.attention` (fused SDPA kernels);
+* the MLM head runs only on the masked positions, (B x max_predictions) rows,
+  not (B x S);
+* ``unpad=True`` runs every dense layer on real tokens only;
+* activation checkpointing is switched on from outside (:func:`set_activation_checkpointing`);
+* weights are initialised in one place, :func:`init_weights`, which also
+  materialises a model built on the meta device.
+
+No distributed or DeepSpeed import here: the engine wraps this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pretrain.attention import Unpadded, attention, pad, unpad, unpad_info
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class BertConfig:
+    """transformers' BERT configuration fields (same names, so config.json maps 1:1)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # other config.json keys, kept on export
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act != "gelu":
+            raise ValueError(f"hidden_act {self.hidden_act!r}: BERT uses exact 'gelu'")
+
+    @classmethod
+    def named(cls, size: str, **overrides: Any) -> BertConfig:
+        if size not in SIZES:
+            raise ValueError(f"unknown model size {size!r}; choose from {', '.join(SIZES)}")
+        return cls(**{**SIZES[size], **overrides})
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "extra"}
+        return {**self.extra, **d, "model_type": "bert", "architectures": ["BertForPreTraining"]}
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any]) -> BertConfig:
+        names = {f.name for f in fields(cls)} - {"extra"}
+        ignored = {"model_type", "architectures", "transformers_version", "torch_dtype", "dtype"}
+        return cls(**{k: v for k, v in d.items() if k in names},
+                   extra={k: v for k, v in d.items() if k not in names and k not in ignored})
+
+
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
+    "mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "small": dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
+        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
+        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))  # (B, S, H)
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.num_heads = c.num_attention_heads
+        self.query = nn.Linear(c.hidden_size, c.hidden_size)
+        self.key = nn.Linear(c.hidden_size, c.hidden_size)
+        self.value = nn.Linear(c.hidden_size, c.hidden_size)
+        self.dropout_p = c.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, info: Unpadded | None) -> torch.Tensor:
+        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, S, H) or (nnz, H)
+        if info is not None:
+            q, k, v = pad(q, info), pad(k, info), pad(v, info)
+        b, s, h = q.shape
+        heads = lambda t: t.view(b, s, self.num_heads, h // self.num_heads).transpose(1, 2)  # noqa: E731 (B, nh, S, hs)
+        y = attention(heads(q), heads(k), heads(v), mask, self.dropout_p if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(b, s, h)  # (B, S, H)
+        return unpad(y, info) if info is not None else y
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(y)) + x)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(c)
+        self.output = BertSelfOutput(c)
+
+    def forward(self, x, mask, info):
+        return self.output(self.self(x, mask, info), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.intermediate_size)
+
+    def forward(self, x):
+        return F.gelu(self.dense(x))
+
+
+class BertOutput(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.intermediate_size, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, y, x):
+        return self.LayerNorm(self.dropout(self.dense(y)) + x)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(c)
+        self.intermediate = BertIntermediate(c)
+        self.output = BertOutput(c)
+
+    def forward(self, x, mask, info):
+        a = self.attention(x, mask, info)
+        return self.output(self.intermediate(a), a)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(c) for _ in range(c.num_hidden_layers))
+        self.checkpointed: frozenset[int] = frozenset()  # set by set_activation_checkpointing
+
+    def forward(self, x, mask, info):
+        for i, layer in enumerate(self.layer):
+            if i in self.checkpointed and torch.is_grad_enabled():
+                x = checkpoint(layer, x, mask, info, use_reentrant=False)
+            else:
+                x = layer(x, mask, info)
+        return x
+
+
+class BertPooler(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+
+    def forward(self, hidden):
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, H) from [CLS]
+
+
+class BertModel(nn.Module):
+    def __init__(self, c: BertConfig, unpad: bool = False):
+        super().__init__()
+        self.config = c
+        self.unpad = unpad
+        self.embeddings = BertEmbeddings(c)
+        self.encoder = BertEncoder(c)
+        self.pooler = BertPooler(c)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) ids -> last hidden states (B, S, H) and pooled [CLS] (B, H).
+
+        ``attention_mask`` (B, S), 1 for real tokens; pass None for a batch without
+        padding so that the fused kernels need no mask.
+        """
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)
+        mask = info = None
+        if attention_mask is not None:
+            if self.unpad:
+                info = unpad_info(attention_mask)
+                mask = info.mask
+                x = pad(self.encoder(unpad(x, info), mask, info), info)
+            else:
+                mask = attention_mask.bool()[:, None, None, :]
+                x = self.encoder(x, mask, None)
+        else:
+            x = self.encoder(x, None, None)
+        return x, self.pooler(x)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+
+    def forward(self, x):
+        return self.LayerNorm(F.gelu(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(c)
+        # weight tied to the word embeddings, bias to ``self.bias`` (both as in transformers)
+        self.decoder = nn.Linear(c.hidden_size, c.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(c.vocab_size))
+        self.decoder.bias = self.bias
+
+    def forward(self, x):
+        return self.decoder(self.transform(x))
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(c)
+        self.seq_relationship = nn.Linear(c.hidden_size, 2)
+
+
+@dataclass
+class PreTrainingOutput:
+    loss: torch.Tensor | None
+    mlm_loss: torch.Tensor | None
+    nsp_loss: torch.Tensor | None
+    mlm_logits: torch.Tensor  # (N, V): one row per real masked position, in batch order
+    nsp_logits: torch.Tensor  # (B, 2)
+    mlm_correct: torch.Tensor | None = None  # counts, for accuracy
+    mlm_total: torch.Tensor | None = None
+    nsp_correct: torch.Tensor | None = None
+    nsp_total: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None  # (B, S, H)
+
+
+class BertForPreTraining(nn.Module):
+    """BERT with MLM and NSP heads. ``model.bert(...)`` is the bare encoder."""
+
+    def __init__(self, config: BertConfig, unpad: bool = False):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, unpad=unpad)
+        self.cls = BertPreTrainingHeads(config)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+        self.cls.predictions.decoder.bias = self.cls.predictions.bias
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        masked_lm_positions: torch.Tensor | None = None,
+        masked_lm_labels: torch.Tensor | None = None,
+        next_sentence_label: torch.Tensor | None = None,
+    ) -> PreTrainingOutput:
+        """Losses and logits for a batch.
+
+        input_ids, token_type_ids, attention_mask: (B, S). masked_lm_positions and
+        masked_lm_labels: (B, P), padded with position 0 and label -100 (the
+        preprocess shards' columns, padded per batch). next_sentence_label: (B,),
+        0 = IsNext, 1 = random. The MLM head runs on the (at most B x P) real masked
+        rows only; without positions it runs on every position (for inspection).
+        """
+        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        nsp_logits = self.cls.seq_relationship(pooled)
+        if masked_lm_positions is None:
+            mlm_logits = self.cls.predictions(hidden)  # (B, S, V)
+            return PreTrainingOutput(None, None, None, mlm_logits, nsp_logits, last_hidden_state=hidden)
+
+        b, p = masked_lm_positions.shape
+        labels = masked_lm_labels.reshape(-1) if masked_lm_labels is not None else None
+        flat = (masked_lm_positions + torch.arange(b, device=hidden.device)[:, None] * hidden.shape[1]).reshape(-1)
+        if labels is not None:
+            keep = labels != IGNORE_INDEX
+            flat, labels = flat[keep], labels[keep]
+        rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat)  # (N, H)
+        mlm_logits = self.cls.predictions(rows)  # (N, V)
+
+        out = PreTrainingOutput(None, None, None, mlm_logits, nsp_logits, last_hidden_state=hidden)
+        if labels is not None:
+            out.mlm_loss = F.cross_entropy(mlm_logits.float(), labels)
+            out.mlm_correct = (mlm_logits.argmax(-1) == labels).sum()
+            out.mlm_total = torch.tensor(labels.numel(), device=labels.device)
+            out.loss = out.mlm_loss
+        if next_sentence_label is not None:
+            out.nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label)
+            out.nsp_correct = (nsp_logits.argmax(-1) == next_sentence_label).sum()
+            out.nsp_total = torch.tensor(next_sentence_label.numel(), device=nsp_logits.device)
+            out.loss = out.nsp_loss if out.loss is None else out.loss + out.nsp_loss
+        return out
+
+    def save_pretrained(self, directory: str, vocab_file: str | None = None) -> None:
+        from pretrain.hf_format import save_pretrained
+
+        save_pretrained(self, directory, vocab_file)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, unpad: bool = False) -> BertForPreTraining:
+        from pretrain.hf_format import load_pretrained
+
+        return load_pretrained(directory, unpad=unpad)[0]
+
+
+def init_weights(model: nn.Module, initializer_range: float = 0.02) -> None:
+    """BERT's initialisation, the only place weights are set.
+
+    Linear and embedding weights ~ N(0, initializer_range) (Google's truncated
+    normal is within 1e-3 of this in every moment that matters at 0.02); biases 0;
+    LayerNorm weight 1, bias 0; the padding row of the word embeddings 0 (as
+    transformers does). A model built on the meta device is materialised first, and
+    the MLM decoder re-tied to the word embeddings.
+    """
+    if any(p.is_meta for p in model.parameters()):
+        model.to_empty(device=torch.device("cpu"))
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, initializer_range)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, initializer_range)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if isinstance(model, BertForPreTraining):
+        model.tie_weights()
+        nn.init.zeros_(model.cls.predictions.bias)
+
+
+def build_model(config: BertConfig, unpad: bool = False, device: str | torch.device = "cpu") -> BertForPreTraining:
+    """A freshly initialised model, built on the meta device and materialised once."""
+    with torch.device("meta"):
+        model = BertForPreTraining(config, unpad=unpad)
+    model.to_empty(device=torch.device(device))
+    init_weights(model, config.initializer_range)
+    return model
+
+
+def set_activation_checkpointing(model: BertForPreTraining | BertModel, every: int) -> None:
+    """Recompute activations in backward for every ``every``-th layer (0: off, 1: all).
+
+    Applied from outside: the layers do not know. Dropout masks are replayed
+    exactly (the RNG state is saved), so gradients are unchanged.
+    """
+    encoder = (model.bert if isinstance(model, BertForPreTraining) else model).encoder
+    if every < 0:
+        raise ValueError(f"activation checkpointing every {every} layers: must be >= 0")
+    encoder.checkpointed = frozenset(range(0, len(encoder.layer), every)) if every else frozenset()
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def flops_per_token(c: BertConfig, seq: int, predictions_per_seq: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward, matmuls only).
+
+    Per layer and token: 24 H^2 (QKV, output, FFN with I = 4H in general 2*(4H^2 + 2HI))
+    plus attention 4 S H; the MLM head on the masked fraction: 2 H^2 + 2 H V.
+    """
+    h, i, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    per_layer = 2 * (4 * h * h + 2 * h * i) + 4 * seq * h
+    head = (predictions_per_seq / seq) * (2 * h * h + 2 * h * c.vocab_size)
+    return 3.0 * (L * per_layer + head)
+
