@@ -197,3 +197,22 @@ def test_named_sizes_and_config_validation():
     n = sum(p.numel() for p in {id(p): p for p in BertForPreTraining(large).parameters()}.values())
     assert 334e6 < n < 337e6
     assert flops_per_token(large, 128, 20) > 6 * 300e6
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_as_an_engine_runs_them(dtype):
+    model = build_model(BertConfig(**CFG)).to(dtype)
+    ids, types, mask, positions, labels, nsp = batch()
+    out = model(ids, types, mask, positions, labels, nsp)
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_config_for_a_preprocessed_dataset(dataset):
+    import json
+
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    c = BertConfig.for_dataset("tiny", manifest)
+    assert c.vocab_size % 8 == 0 and manifest["vocab"]["size"] <= c.vocab_size < manifest["vocab"]["size"] + 8
+    assert c.max_position_embeddings >= manifest["config"]["max_seq_length"]
