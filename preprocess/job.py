@@ -52,6 +52,14 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | No
     return opts, FnApiRunner()
 
 
+def local_tokenizer_threads(opts: PipelineOptions) -> int | None:
+    """Cores per local worker process, so that W workers do not each start all-core pools."""
+    direct = opts.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing":
+        return None
+    return max(1, (os.cpu_count() or 1) // max(1, direct.direct_num_workers))
+
+
 def expand_inputs(patterns: tuple[str, ...]) -> list[str]:
     """Sorted, de-duplicated files matching the patterns; an unmatched pattern is an error."""
     files: set[str] = set()
@@ -98,7 +106,7 @@ def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
     save_vocab_copy(spec, cfg.output)
     log.info("preprocessing %d input files into %s", len(files), cfg.output)
     p = beam.Pipeline(runner=runner, options=opts) if runner else beam.Pipeline(options=opts)
-    build_pipeline(p, cfg, files, vocab)
+    build_pipeline(p, cfg, files, vocab, local_tokenizer_threads(opts) if runner else None)
     p.run().wait_until_finish()
     with FileSystems.open(FileSystems.join(cfg.output, MANIFEST_NAME)) as f:
         return json.loads(f.read())

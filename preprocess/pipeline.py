@@ -21,6 +21,7 @@ gathers each shard's rows for writing.
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -151,12 +152,17 @@ class TokenizedDocument:
 
 
 class _TokenizeFn(beam.DoFn):
-    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str):
+    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str, threads: int | None):
         self.spec = spec
         self.max_sentence_tokens = max_sentence_tokens
         self.token_dtype = np.dtype(token_dtype)  # uint16 for vocabularies up to 65,536: half the shuffle
+        self.threads = threads
 
     def setup(self):
+        if self.threads:
+            # Several worker processes share the machine: give each its share of the cores
+            # (set before the tokenizer's thread pool first starts in this process).
+            os.environ["RAYON_NUM_THREADS"] = str(self.threads)
         self.tokenizer = build_tokenizer(self.spec)
 
     def process(self, batch):
@@ -194,9 +200,11 @@ class _TokenizeFn(beam.DoFn):
 class TokenizeDocuments(beam.PTransform):
     """(doc_id, sentences) -> TokenizedDocument, batched through ``encode_batch``."""
 
-    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str = "int32"):
+    def __init__(
+        self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str = "int32", threads: int | None = None
+    ):
         super().__init__()
-        self.args = (spec, max_sentence_tokens, token_dtype)
+        self.args = (spec, max_sentence_tokens, token_dtype, threads)
 
     def expand(self, docs):
         return (
@@ -378,8 +386,14 @@ def split_of(doc_id: int, fraction: float) -> str:
     return "validation" if u < fraction else "train"
 
 
-def build_pipeline(p: beam.Pipeline, cfg: PreprocessConfig, files: list[str], vocab: VocabInfo) -> None:
-    """Add the whole job to ``p``; the manifest is written after every shard."""
+def build_pipeline(
+    p: beam.Pipeline, cfg: PreprocessConfig, files: list[str], vocab: VocabInfo, tokenizer_threads: int | None = None
+) -> None:
+    """Add the whole job to ``p``; the manifest is written after every shard.
+
+    ``tokenizer_threads``: threads per worker process for tokenization (None: the
+    library's default, all cores), for local runs with several worker processes.
+    """
     spec = TokenizerSpec(cfg.vocab, cfg.lower_case)
     row_spec = RowSpec(
         max_seq_length=cfg.max_seq_length,
@@ -408,7 +422,7 @@ def build_pipeline(p: beam.Pipeline, cfg: PreprocessConfig, files: list[str], vo
     docs, read_stats = p | "ListFiles" >> beam.Create(list(enumerate(files))) | "Read" >> ReadCorpus(cfg.read_params)
     sentences = docs | "Split" >> SplitSentences(cfg.language)
     tokenized, token_stats = sentences | "Tokenize" >> TokenizeDocuments(
-        spec, cfg.max_seq_length, vocab.token_dtype.name
+        spec, cfg.max_seq_length, vocab.token_dtype.name, tokenizer_threads
     )
     by_split = tokenized | "AssignSplit" >> beam.Partition(
         lambda d, n, frac=cfg.validation_fraction: 0 if split_of(d.doc_id, frac) == "train" else 1, 2

@@ -182,3 +182,10 @@ def test_bad_options_fail_before_any_work_with_a_clear_message(corpus_dir, vocab
                "--vocab", str(bad_vocab), check=False)
     assert proc.returncode == 2 and "lacks BERT special tokens" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_readme_example_command(tmp_path):
+    proc = cli("preprocess.example", "--output", str(tmp_path / "demo"))
+    assert "train:" in proc.stdout and "[MASK]/" in proc.stdout
+    ds = PretrainingDataset(str(tmp_path / "demo" / "data"), "validation", verify="checksum")
+    assert len(ds) > 0
