@@ -1,0 +1,37 @@
+"""``python -m pretrain --config configs/<recipe>.yaml [section.field=value ...]``.
+
+The same command runs under ``torchrun``, ``deepspeed`` or ``srun`` for many ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from preprocess.reader import DatasetError
+from pretrain.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/tiny-cpu.yaml")
+    p.add_argument("overrides", nargs="*", help="section.field=value, e.g. optim.lr=3e-4")
+    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from pretrain.engine import world_from_env
+        from pretrain.trainer import train
+
+        state = train(cfg, world_from_env())
+    except (ConfigError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"finished at step {state['step']} ({state['samples']} samples)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

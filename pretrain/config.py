@@ -1,0 +1,156 @@
+"""Typed training configuration: one section per concern, YAML plus command-line overrides.
+
+``load_config("configs/tiny-cpu.yaml", ["optim.lr=3e-4", "data.micro_batch_size=16"])``
+reads the file, applies ``section.field=value`` overrides (values parsed as YAML),
+and validates every field with pydantic before any work starts. Cross-checks that
+need the data or the world size (vocabulary and sequence length against the
+model, batch arithmetic) are in :func:`check_against` and run once at start-up.
+The resolved configuration is written into the run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message names the field and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    size: Literal["tiny", "mini", "small", "base", "large"] = "tiny"
+    init_from: str | None = None  # a Hugging Face-format directory (phase 2 starts from phase 1's export)
+    unpad: bool = False
+    activation_checkpointing: int = Field(0, ge=0, description="0 off, 1 every layer, k every k-th layer")
+    hidden_dropout_prob: float = Field(0.1, ge=0, lt=1)
+    attention_probs_dropout_prob: float = Field(0.1, ge=0, lt=1)
+
+
+class DataSection(_Section):
+    path: str
+    train_split: str = "train"
+    eval_split: str = "validation"
+    micro_batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(2, ge=0)
+    seed: int = 1234
+
+
+class OptimSection(_Section):
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-6, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    total_steps: int = Field(..., ge=1)
+    schedule: Literal["linear", "poly"] = "linear"
+    power: float = Field(1.0, gt=0, description="poly decay exponent (1.0 = linear)")
+    grad_clip: float = Field(1.0, ge=0)
+
+
+class DeepSpeedSection(_Section):
+    zero_stage: int = Field(0, ge=0, le=3)
+    offload_optimizer: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    global_batch_size: int = Field(..., ge=1)
+    dist_timeout_minutes: int = Field(10, ge=1, description="collective timeout: a dead rank ends the job")
+
+
+class CheckpointSection(_Section):
+    every_steps: int = Field(100, ge=1)
+    keep_last: int = Field(3, ge=1)
+
+
+class LoggingSection(_Section):
+    every_steps: int = Field(10, ge=1)
+
+
+class TrainConfig(_Section):
+    run_dir: str
+    stop_at_step: int | None = Field(None, ge=1, description="checkpoint and stop here; the schedule still "
+                                     "runs to optim.total_steps (for time-boxed jobs)")
+    model: ModelSection = ModelSection()
+    data: DataSection
+    optim: OptimSection
+    deepspeed: DeepSpeedSection
+    checkpoint: CheckpointSection = CheckpointSection()
+    logging: LoggingSection = LoggingSection()
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainConfig:
+        if self.optim.warmup_steps >= self.optim.total_steps:
+            raise ValueError(
+                f"optim.warmup_steps ({self.optim.warmup_steps}) must be below optim.total_steps "
+                f"({self.optim.total_steps})"
+            )
+        return self
+
+    def accumulation_steps(self, world_size: int) -> int:
+        return self.deepspeed.global_batch_size // (self.data.micro_batch_size * world_size)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``a.b=value`` sets raw["a"]["b"] to the YAML value of ``value``."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.field=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"config {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path}: not valid YAML ({e})") from e
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        problems = "\n  ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"config {path}:\n  {problems}") from None
+
+
+def check_against(cfg: TrainConfig, manifest: dict[str, Any], world_size: int) -> None:
+    """Checks that need the data and the world: batch arithmetic, sequence length, splits."""
+    problems = []
+    per_step = cfg.data.micro_batch_size * world_size
+    if cfg.deepspeed.global_batch_size % per_step:
+        problems.append(
+            f"deepspeed.global_batch_size {cfg.deepspeed.global_batch_size} is not a multiple of "
+            f"data.micro_batch_size x world size = {cfg.data.micro_batch_size} x {world_size}"
+        )
+    if cfg.data.train_split not in manifest["splits"]:
+        problems.append(f"data.train_split {cfg.data.train_split!r}: the dataset has {list(manifest['splits'])}")
+    if manifest["splits"].get(cfg.data.train_split, {}).get("rows", 0) == 0:
+        problems.append(f"data.path {cfg.data.path}: the {cfg.data.train_split} split has no rows")
+    if cfg.deepspeed.offload_optimizer and cfg.deepspeed.zero_stage == 0:
+        problems.append("deepspeed.offload_optimizer needs zero_stage 1, 2 or 3")
+    if problems:
+        raise ConfigError("configuration does not fit the data or the world:\n  " + "\n  ".join(problems))
+
+
+def save_resolved(cfg: TrainConfig, run_dir: Path, world_size: int) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = cfg.model_dump(mode="json")
+    data["resolved"] = {"world_size": world_size, "gradient_accumulation_steps": cfg.accumulation_steps(world_size)}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))

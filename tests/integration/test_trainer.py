@@ -1,0 +1,107 @@
+"""The trainer through its real entry point: DeepSpeed on CPU with gloo, one and two ranks."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(dataset, run_dir, *overrides, ranks=1):
+    args = ["--config", "configs/tiny-cpu.yaml", f"data.path={dataset}", f"run_dir={run_dir}",
+            "logging.every_steps=1", "data.num_workers=0", "optim.warmup_steps=2", *overrides]
+    if ranks == 1:
+        return [sys.executable, "-m", "pretrain", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+            "--master_port", str(free_port()), "-m", "pretrain", *args]
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+
+
+def train(dataset, run_dir, *overrides, ranks=1, check=True):
+    proc = subprocess.run(command(dataset, run_dir, *overrides, ranks=ranks), cwd=ROOT, env=env(),
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, open(Path(run_dir) / "metrics.jsonl"))}
+
+
+@pytest.mark.parametrize("stage,ranks", [(2, 1), (2, 2), (3, 2)])
+def test_resume_repeats_the_uninterrupted_losses_exactly(dataset, tmp_path, stage, ranks):
+    steps = ("optim.total_steps=6", f"deepspeed.zero_stage={stage}", "checkpoint.every_steps=100")
+    train(dataset, tmp_path / "straight", *steps, ranks=ranks)
+    train(dataset, tmp_path / "resumed", *steps, "stop_at_step=3", ranks=ranks)
+    assert sorted(losses(tmp_path / "resumed")) == [1, 2, 3]
+    proc = train(dataset, tmp_path / "resumed", *steps, ranks=ranks)
+    assert "resumed from step 3" in proc.stderr
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert sorted(straight) == sorted(resumed) == list(range(1, 7))
+    assert straight == resumed  # exact, fp32 on CPU
+    assert straight[6] < straight[1]
+
+
+def test_world_size_1_and_2_at_the_same_global_batch_give_close_losses(dataset, tmp_path):
+    common = ("optim.total_steps=4", "model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0",
+              "deepspeed.global_batch_size=16", "data.micro_batch_size=8")
+    train(dataset, tmp_path / "one", *common, ranks=1)  # 2 micro-batches accumulated
+    train(dataset, tmp_path / "two", *common, ranks=2)  # 1 micro-batch per rank
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    for step in one:
+        assert one[step] == pytest.approx(two[step], rel=1e-4)
+
+
+def test_sigterm_checkpoints_and_the_run_resumes(dataset, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(command(dataset, run, "optim.total_steps=5000", "checkpoint.every_steps=1000"),
+                            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    marker = sorted((run / "checkpoints").glob("step_*/COMPLETE"))
+    assert len(marker) == 1
+    stopped = json.loads(marker[0].read_text())["step"]
+    assert 3 <= stopped < 5000 and f"checkpointed at step {stopped}" in err
+    train(dataset, run, "optim.total_steps=5000", f"stop_at_step={stopped + 2}")
+    assert max(losses(run)) == stopped + 2
+
+
+def test_half_written_checkpoint_is_ignored_with_a_warning(dataset, tmp_path):
+    run = tmp_path / "run"
+    train(dataset, run, "optim.total_steps=6", "stop_at_step=2")
+    (run / "checkpoints" / "step_00000005").mkdir()  # a save that never completed
+    proc = train(dataset, run, "optim.total_steps=6", "stop_at_step=3")
+    assert "step_00000005 has no COMPLETE marker" in proc.stderr and "resumed from step 2" in proc.stderr
+
+
+def test_bad_batch_arithmetic_fails_before_any_work(dataset, tmp_path):
+    proc = train(dataset, tmp_path / "run", "deepspeed.global_batch_size=12", "data.micro_batch_size=8",
+                 check=False)
+    assert proc.returncode == 2
+    assert "global_batch_size 12 is not a multiple of data.micro_batch_size x world size = 8 x 1" in proc.stderr
+    assert not (tmp_path / "run").exists()
+    proc = train(dataset, tmp_path / "run", "optim.lr=-1", "model.size=huge", check=False)
+    assert proc.returncode == 2 and "optim.lr" in proc.stderr and "model.size" in proc.stderr

@@ -1,0 +1,37 @@
+import pytest
+
+from pretrain.config import ConfigError, apply_overrides, check_against, load_config
+
+MANIFEST = {"splits": {"train": {"rows": 100}, "validation": {"rows": 5}}}
+
+
+def test_recipe_loads_and_overrides_are_typed(tmp_path):
+    cfg = load_config("configs/tiny-cpu.yaml", ["optim.lr=3e-4", "deepspeed.zero_stage=3", "model.unpad=true"])
+    assert cfg.optim.lr == 3e-4 and cfg.deepspeed.zero_stage == 3 and cfg.model.unpad is True
+    assert cfg.accumulation_steps(world_size=2) == cfg.deepspeed.global_batch_size // (cfg.data.micro_batch_size * 2)
+
+
+def test_all_invalid_fields_are_reported_with_their_path():
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/tiny-cpu.yaml", ["optim.lr=0", "deepspeed.zero_stage=4", "model.sise=base"])
+    msg = str(e.value)
+    assert "optim.lr" in msg and "deepspeed.zero_stage" in msg and "model.sise" in msg
+
+
+def test_missing_file_and_bad_override():
+    with pytest.raises(ConfigError, match="No such file"):
+        load_config("configs/nope.yaml")
+    with pytest.raises(ConfigError, match="expected section.field=value"):
+        apply_overrides({}, ["optim.lr"])
+
+
+def test_checks_against_data_and_world():
+    cfg = load_config("configs/tiny-cpu.yaml")
+    check_against(cfg, MANIFEST, world_size=2)
+    with pytest.raises(ConfigError, match="not a multiple"):
+        check_against(cfg, MANIFEST, world_size=3)
+    with pytest.raises(ConfigError, match="has no rows"):
+        check_against(cfg, {"splits": {"train": {"rows": 0}}}, world_size=1)
+    off = load_config("configs/tiny-cpu.yaml", ["deepspeed.zero_stage=0", "deepspeed.offload_optimizer=true"])
+    with pytest.raises(ConfigError, match="offload_optimizer needs zero_stage"):
+        check_against(off, MANIFEST, world_size=1)
