@@ -44,7 +44,7 @@ class DataSection(_Section):
 
 
 class OptimSection(_Section):
-    name: Literal["adamw"] = "adamw"
+    name: Literal["adamw", "lamb"] = "adamw"  # lamb: pretrain.lamb, correct under every ZeRO stage
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)

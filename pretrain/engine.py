@@ -98,14 +98,17 @@ def deepspeed_config(cfg: TrainConfig, world: World) -> dict:
         "gradient_clipping": cfg.optim.grad_clip,
         "steps_per_print": 10**9,
         "zero_optimization": {"stage": d.zero_stage},
-        "optimizer": {
+    }
+    if cfg.optim.name == "adamw":
+        conf["optimizer"] = {
             "type": "AdamW",
             "params": {"lr": cfg.optim.lr, "betas": list(cfg.optim.betas), "eps": cfg.optim.eps,
                        "weight_decay": cfg.optim.weight_decay,
                        # torch's AdamW: no JIT build (DeepSpeed's FusedAdam needs one)
                        "torch_adam": True},
-        },
-    }
+        }
+    else:
+        conf["zero_allow_untested_optimizer"] = True  # our LAMB is ZeRO-aware (pretrain.lamb)
     if d.offload_optimizer:
         conf["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
     if d.precision == "bf16":
@@ -130,10 +133,18 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def build_engine(cfg: TrainConfig, model: torch.nn.Module, world: World):
     import deepspeed
 
-    optimizer_groups = parameter_groups(model, cfg.optim.weight_decay)
-    engine, optimizer, _, _ = deepspeed.initialize(
+    optimizer = None
+    if cfg.optim.name == "lamb":
+        from pretrain.lamb import Lamb, lamb_groups
+
+        groups = lamb_groups(model, cfg.optim.weight_decay)
+        optimizer = Lamb(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
+    else:
+        groups = parameter_groups(model, cfg.optim.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(
         model=model,
-        model_parameters=optimizer_groups,
+        model_parameters=groups,
+        optimizer=optimizer,
         config=deepspeed_config(cfg, world),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg)),
     )

@@ -105,3 +105,15 @@ def test_bad_batch_arithmetic_fails_before_any_work(dataset, tmp_path):
     assert not (tmp_path / "run").exists()
     proc = train(dataset, tmp_path / "run", "optim.lr=-1", "model.size=huge", check=False)
     assert proc.returncode == 2 and "optim.lr" in proc.stderr and "model.size" in proc.stderr
+
+
+def test_lamb_under_zero_matches_lamb_without_zero(dataset, tmp_path):
+    common = ("optim.name=lamb", "optim.lr=0.02", "optim.total_steps=5", "optim.warmup_steps=1")
+    train(dataset, tmp_path / "zero0", *common, "deepspeed.zero_stage=0", ranks=2)
+    reference = losses(tmp_path / "zero0")
+    assert reference[5] < reference[1]
+    for stage in (1, 2, 3):
+        train(dataset, tmp_path / f"zero{stage}", *common, f"deepspeed.zero_stage={stage}", ranks=2)
+        got = losses(tmp_path / f"zero{stage}")
+        for step in reference:
+            assert got[step] == pytest.approx(reference[step], rel=1e-5), (stage, step)
