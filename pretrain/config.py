@@ -71,6 +71,15 @@ class CheckpointSection(_Section):
 
 class LoggingSection(_Section):
     every_steps: int = Field(10, ge=1)
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online with an API key, else offline
+    wandb_project: str = "bert-pretraining"
+    run_name: str | None = None
+    peak_tflops_per_device: float = Field(0.0, ge=0, description="for MFU; 0 leaves MFU out (H100 bf16: 989)")
+
+
+class EvalSection(_Section):
+    every_steps: int = Field(0, ge=0, description="0: no evaluation")
+    max_batches: int = Field(50, ge=1, description="micro-batches per rank per evaluation")
 
 
 class TrainConfig(_Section):
@@ -83,6 +92,7 @@ class TrainConfig(_Section):
     deepspeed: DeepSpeedSection
     checkpoint: CheckpointSection = CheckpointSection()
     logging: LoggingSection = LoggingSection()
+    eval: EvalSection = EvalSection()
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
@@ -143,6 +153,11 @@ def check_against(cfg: TrainConfig, manifest: dict[str, Any], world_size: int) -
         problems.append(f"data.train_split {cfg.data.train_split!r}: the dataset has {list(manifest['splits'])}")
     if manifest["splits"].get(cfg.data.train_split, {}).get("rows", 0) == 0:
         problems.append(f"data.path {cfg.data.path}: the {cfg.data.train_split} split has no rows")
+    if cfg.eval.every_steps and manifest["splits"].get(cfg.data.eval_split, {}).get("rows", 0) == 0:
+        problems.append(
+            f"eval.every_steps {cfg.eval.every_steps}: the dataset has no rows in split {cfg.data.eval_split!r} "
+            "(preprocess with --validation-fraction, or set eval.every_steps=0)"
+        )
     if cfg.deepspeed.offload_optimizer and cfg.deepspeed.zero_stage == 0:
         problems.append("deepspeed.offload_optimizer needs zero_stage 1, 2 or 3")
     if problems:

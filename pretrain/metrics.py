@@ -1,19 +1,62 @@
-"""Training metrics: a JSONL file in the run directory and a console line, from rank 0."""
+"""Training metrics from rank 0: a console line with ETA, ``metrics.jsonl`` in the run
+directory, and wandb (online, offline or disabled; offline when no API key is set).
+
+A resumed run continues the same wandb run: its id is kept in ``wandb_run_id`` in the
+run directory.
+"""
 
 from __future__ import annotations
 
 import json
+import netrc
+import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 
+def wandb_mode(requested: str) -> str:
+    """``auto`` means online when credentials exist (WANDB_API_KEY or ~/.netrc), else offline."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+class WandbSink:
+    def __init__(self, run_dir: Path, mode: str, project: str, name: str | None, config: dict):
+        import wandb
+
+        id_file = run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+        id_file.write_text(run_id + "\n")
+        self.run = wandb.init(project=project, name=name, id=run_id, resume="allow", dir=str(run_dir),
+                              mode=mode, config=config)
+
+    def log(self, step: int, metrics: dict) -> None:
+        self.run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class MetricsLogger:
-    def __init__(self, run_dir: Path, rank: int, total_steps: int):
+    def __init__(self, run_dir: Path, rank: int, total_steps: int, wandb: WandbSink | None = None):
         self.rank = rank
         self.total_steps = total_steps
         self.start = time.perf_counter()
+        self.first_step: int | None = None
         self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None
+        self.wandb = wandb if rank == 0 else None
 
     def log(self, step: int, metrics: dict) -> None:
         if self.rank != 0:
@@ -21,12 +64,18 @@ class MetricsLogger:
         record = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        done = step / self.total_steps
+        if self.wandb:
+            self.wandb.log(step, metrics)
+        if self.first_step is None:
+            self.first_step = step - 1
         elapsed = time.perf_counter() - self.start
-        eta = elapsed / max(done, 1e-9) * (1 - done) if done > 0 else float("nan")
+        done = (step - self.first_step) / max(1, self.total_steps - self.first_step)
+        eta = elapsed / done * (1 - done) if done > 0 else float("nan")
         shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
         print(f"step {step}/{self.total_steps} {shown} eta {eta:.0f}s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.file:
             self.file.close()
+        if self.wandb:
+            self.wandb.close()

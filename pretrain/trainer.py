@@ -23,10 +23,52 @@ from pretrain.checkpoint import CheckpointManager
 from pretrain.config import TrainConfig, check_against, save_resolved
 from pretrain.data import BatchPlan, make_loader
 from pretrain.engine import World, build_engine, grad_norm, init_distributed
-from pretrain.metrics import MetricsLogger
-from pretrain.model import BertConfig, BertForPreTraining, build_model, set_activation_checkpointing
+from pretrain.evaluation import Evaluator
+from pretrain.metrics import MetricsLogger, WandbSink, wandb_mode
+from pretrain.model import (
+    BertConfig,
+    BertForPreTraining,
+    build_model,
+    flops_per_token,
+    set_activation_checkpointing,
+)
 
 log = logging.getLogger("pretrain")
+
+
+class Interval:
+    """Throughput over the steps since the last log line."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.steps = self.tokens = 0
+        self.waited = 0.0
+
+    def add(self, m: dict) -> None:
+        self.steps += 1
+        self.tokens += m.pop("real_tokens")
+        self.waited += m.pop("data_wait_s")
+
+    def rates(self, global_batch: int, flops_per_token: float, world: int, peak_tflops: float) -> dict[str, float]:
+        """samples/s; tokens/s (real, non-pad); achieved TFLOP/s per device (``flops_per_token`` x tokens/s,
+        see :func:`pretrain.model.flops_per_token`); MFU against ``peak_tflops``; share of time waiting for data."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        tokens_s = self.tokens / elapsed
+        tflops = tokens_s * flops_per_token / 1e12 / world
+        out = {"samples_per_s": self.steps * global_batch / elapsed, "tokens_per_s": tokens_s,
+               "tflops_per_device": tflops, "data_wait_share": self.waited / elapsed}
+        if peak_tflops:
+            out["mfu"] = tflops / peak_tflops
+        return out
+
+
+def memory_gb() -> float:
+    """Peak accelerator memory, or this process's resident memory on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
 
 
 class NonFiniteLoss(RuntimeError):
@@ -122,24 +164,39 @@ def train(cfg: TrainConfig, world: World) -> dict:
     plan = BatchPlan(len(data), cfg.deepspeed.global_batch_size, cfg.data.micro_batch_size, world.size,
                      world.rank, cfg.data.seed)
     batches = iter(make_loader(data, plan, state["step"], cfg.data.num_workers))
-    metrics = MetricsLogger(run_dir, world.rank, cfg.optim.total_steps)
+    evaluator = None
+    if cfg.eval.every_steps:
+        evaluator = Evaluator(PretrainingDataset(cfg.data.path, cfg.data.eval_split), cfg.data.micro_batch_size,
+                              cfg.eval.max_batches, world.rank, world.size)
+    flops = flops_per_token(model.config, int(data.config["max_seq_length"]), int(data.config["max_predictions_per_seq"]))
+    sink = None
+    if world.rank == 0 and wandb_mode(cfg.logging.wandb) != "disabled":
+        sink = WandbSink(run_dir, wandb_mode(cfg.logging.wandb), cfg.logging.wandb_project, cfg.logging.run_name,
+                         cfg.model_dump(mode="json"))
+    metrics = MetricsLogger(run_dir, world.rank, cfg.optim.total_steps, sink)
     stop = StopSignal()
     step = state["step"]
     last = min(cfg.optim.total_steps, cfg.stop_at_step or cfg.optim.total_steps)
-    t = time.perf_counter()
+    interval = Interval()
     while step < last:
         torch.manual_seed(mix_int(cfg.data.seed, step, world.rank) >> 1)  # dropout: a function of the step
         m = train_step(engine, batches, plan.accumulation)
         step += 1
         state = {"step": step, "samples": state["samples"] + plan.global_batch}
         if not math.isfinite(m["loss"]):
-            raise NonFiniteLoss(f"loss is {m['loss']} at step {step}")
-        if step % cfg.logging.every_steps == 0 or step == cfg.optim.total_steps:
-            elapsed = time.perf_counter() - t
-            t = time.perf_counter()
+            raise NonFiniteLoss(f"loss is {m['loss']} at step {step}: lower optim.lr, raise optim.warmup_steps, "
+                                "or use bf16 instead of fp16")
+        interval.add(m)
+        if step % cfg.logging.every_steps == 0 or step == last:
+            m.update(interval.rates(plan.global_batch, flops, world.size, cfg.logging.peak_tflops_per_device))
             m.update(lr=engine.get_lr()[0], grad_norm=grad_norm(engine), skipped_steps=int(engine.skipped_steps),
-                     samples=state["samples"], step_time_s=elapsed / cfg.logging.every_steps)
+                     samples=state["samples"], memory_gb=memory_gb())
+            if cfg.deepspeed.precision == "fp16":
+                m["loss_scale"] = float(getattr(engine.optimizer, "loss_scale", float("nan")))
             metrics.log(step, m)
+            interval = Interval()
+        if evaluator and (step % cfg.eval.every_steps == 0 or step == last):
+            metrics.log(step, evaluator.run(engine))
         stopping = stop.agreed()
         if step % cfg.checkpoint.every_steps == 0 or step == last or stopping:
             checkpoints.save(engine, state)

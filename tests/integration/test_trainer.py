@@ -117,3 +117,47 @@ def test_lamb_under_zero_matches_lamb_without_zero(dataset, tmp_path):
         got = losses(tmp_path / f"zero{stage}")
         for step in reference:
             assert got[step] == pytest.approx(reference[step], rel=1e-5), (stage, step)
+
+
+METRICS = {"loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "lr", "grad_norm", "skipped_steps",
+           "samples_per_s", "tokens_per_s", "tflops_per_device", "mfu", "memory_gb", "data_wait_share"}
+EVAL = {"eval_mlm_loss", "eval_mlm_accuracy", "eval_nsp_accuracy"}
+
+
+def wandb_history(run_dir: Path) -> dict[str, dict[int, dict]]:
+    """{offline run directory name: {step: logged values}}, read back with `wandb leet inspect --json`."""
+    out = {}
+    for d in sorted((run_dir / "wandb").glob("offline-run-*")):
+        proc = subprocess.run(["wandb", "leet", "inspect", "--json", str(d)], capture_output=True, text=True,
+                              timeout=120, check=True)
+        history = {}
+        for line in proc.stdout.splitlines():
+            record = json.loads(line)
+            if record.get("type") == "history":
+                item = record["history"]["item"]
+                history.setdefault(item["_step"], {}).update(item)
+        out[d.name] = history
+    return out
+
+
+def test_metrics_jsonl_and_offline_wandb_hold_the_logged_metrics_across_a_resume(dataset, tmp_path):
+    run = tmp_path / "run"
+    common = ("optim.total_steps=4", "logging.every_steps=2", "eval.every_steps=2", "logging.wandb=offline",
+              "logging.peak_tflops_per_device=1.0")
+    train(dataset, run, *common, "stop_at_step=2")
+    train(dataset, run, *common)
+    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    train_records = {r["step"]: r for r in records if "loss" in r}
+    eval_records = {r["step"]: r for r in records if "eval_mlm_loss" in r}
+    assert sorted(train_records) == sorted(eval_records) == [2, 4]
+    assert METRICS <= set(train_records[4]) and EVAL <= set(eval_records[4])
+    assert 0 < train_records[4]["tokens_per_s"] and 0 <= train_records[4]["data_wait_share"] < 1
+    history = wandb_history(run)
+    assert len(history) == 2  # one offline segment per process ...
+    run_id = (run / "wandb_run_id").read_text().strip()
+    assert all(name.endswith(run_id) for name in history)  # ... of one wandb run
+    steps = {s: v for h in history.values() for s, v in h.items()}
+    assert sorted(steps) == [2, 4]
+    for s in (2, 4):
+        assert steps[s]["loss"] == pytest.approx(train_records[s]["loss"], rel=1e-6)
+        assert steps[s]["eval_mlm_loss"] == pytest.approx(eval_records[s]["eval_mlm_loss"], rel=1e-6)
