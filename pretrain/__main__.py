@@ -1,6 +1,7 @@
-"""``python -m pretrain --config configs/<recipe>.yaml [section.field=value ...]``.
+"""``python -m pretrain --config configs/<recipe>.yaml [section.field=value ...]`` trains;
+``python -m pretrain export RUN_DIR OUT [--step N]`` writes a Hugging Face directory.
 
-The same command runs under ``torchrun``, ``deepspeed`` or ``srun`` for many ranks.
+Training runs the same under ``torchrun``, ``deepspeed`` or ``srun`` for many ranks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from pretrain.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "export":
+        from pretrain.export import main as export_main
+
+        return export_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/tiny-cpu.yaml")
     p.add_argument("overrides", nargs="*", help="section.field=value, e.g. optim.lr=3e-4")

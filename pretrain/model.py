@@ -356,10 +356,10 @@ class BertForPreTraining(nn.Module):
             out.loss = out.nsp_loss if out.loss is None else out.loss + out.nsp_loss
         return out
 
-    def save_pretrained(self, directory: str, vocab_file: str | None = None) -> None:
+    def save_pretrained(self, directory: str, vocab_file: str | None = None, lower_case: bool = True) -> None:
         from pretrain.hf_format import save_pretrained
 
-        save_pretrained(self, directory, vocab_file)
+        save_pretrained(self, directory, vocab_file, lower_case)
 
     @classmethod
     def from_pretrained(cls, directory: str, unpad: bool = False) -> BertForPreTraining:

@@ -8,6 +8,7 @@ uninterrupted run, and nothing in the loop needs to skip through data.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -24,6 +25,7 @@ from pretrain.config import TrainConfig, check_against, save_resolved
 from pretrain.data import BatchPlan, make_loader
 from pretrain.engine import World, build_engine, grad_norm, init_distributed
 from pretrain.evaluation import Evaluator
+from pretrain.export import MODEL_CONFIG
 from pretrain.metrics import MetricsLogger, WandbSink, wandb_mode
 from pretrain.model import (
     BertConfig,
@@ -155,6 +157,12 @@ def train(cfg: TrainConfig, world: World) -> dict:
         save_resolved(cfg, run_dir, world.size)
     init_distributed(cfg, world)
     model = build(cfg, data.manifest)
+    if world.rank == 0:  # what export needs to rebuild the model and its tokenizer files
+        (run_dir / MODEL_CONFIG).write_text(json.dumps(model.config.to_hf_dict(), indent=2, sort_keys=True))
+        vocab = data.manifest["vocab"]
+        (run_dir / "data.json").write_text(json.dumps(
+            {"path": cfg.data.path, "vocab_file": str(Path(cfg.data.path) / vocab["file"]),
+             "lower_case": vocab.get("lower_case", True), "fingerprint": vocab["fingerprint"]}, indent=2))
     engine = build_engine(cfg, model, world)
     checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last, world.rank)
     state = checkpoints.load_latest(engine) or {"step": 0, "samples": 0}

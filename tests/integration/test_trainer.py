@@ -161,3 +161,33 @@ def test_metrics_jsonl_and_offline_wandb_hold_the_logged_metrics_across_a_resume
     for s in (2, 4):
         assert steps[s]["loss"] == pytest.approx(train_records[s]["loss"], rel=1e-6)
         assert steps[s]["eval_mlm_loss"] == pytest.approx(eval_records[s]["eval_mlm_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("stage,ranks", [(0, 1), (3, 2)])
+def test_any_checkpoint_exports_to_a_directory_transformers_loads(dataset, tmp_path, stage, ranks):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    run = tmp_path / "run"
+    train(dataset, run, "optim.total_steps=3", f"deepspeed.zero_stage={stage}", "checkpoint.every_steps=2",
+          ranks=ranks)
+    proc = subprocess.run([sys.executable, "-m", "pretrain", "export", str(run), str(tmp_path / "hf"), "--step", "2"],
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step_00000002" in proc.stdout
+    hf, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    from pretrain.model import BertForPreTraining
+
+    ours = BertForPreTraining.from_pretrained(str(tmp_path / "hf")).eval()
+    ids = torch.randint(5, 100, (2, 12))
+    out = ours(ids)
+    ref = hf.eval()(input_ids=ids)
+    torch.testing.assert_close(out.mlm_logits, ref.prediction_logits, rtol=1e-5, atol=1e-5)
+    subprocess.run([sys.executable, "-m", "pretrain", "export", str(run), str(tmp_path / "hf3")], cwd=ROOT, env=env(),
+                   capture_output=True, timeout=300, check=True)  # newest: step 3
+    later = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf3"))
+    moved = later.bert.encoder.layer[0].attention.self.query.weight - hf.bert.encoder.layer[0].attention.self.query.weight
+    assert moved.abs().max() > 0  # each export holds its own checkpoint's trained weights
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert tok.mask_token == "[MASK]"
