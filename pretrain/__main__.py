@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return export_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/tiny-cpu.yaml")
+    p.add_argument("--config", required=True, action="append",
+                   help="YAML recipe, e.g. configs/tiny-cpu.yaml; repeat to merge (e.g. configs/deepspeed/zero3.yaml)")
     p.add_argument("overrides", nargs="*", help="section.field=value, e.g. optim.lr=3e-4")
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     args = p.parse_args(argv)

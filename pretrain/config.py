@@ -123,13 +123,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"config {path}: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path}: not valid YAML ({e})") from e
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: sections merge, values of ``extra`` win."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(paths: str | list[str], overrides: list[str] | None = None) -> TrainConfig:
+    """YAML files merged in order (a recipe, then e.g. configs/deepspeed/zero3.yaml), then overrides."""
+    paths = [paths] if isinstance(paths, str) else paths
+    raw: dict[str, Any] = {}
+    for path in paths:
+        try:
+            raw = merge(raw, yaml.safe_load(Path(path).read_text()) or {})
+        except OSError as e:
+            raise ConfigError(f"config {path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path}: not valid YAML ({e})") from e
+    path = " + ".join(paths)
     raw = apply_overrides(raw, overrides or [])
     try:
         return TrainConfig.model_validate(raw)

@@ -43,7 +43,8 @@ def train(dataset, run_dir, *overrides, ranks=1, check=True):
 
 
 def losses(run_dir) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, open(Path(run_dir) / "metrics.jsonl"))}
+    records = map(json.loads, open(Path(run_dir) / "metrics.jsonl"))
+    return {r["step"]: r["loss"] for r in records if "loss" in r}  # training records, not evaluation ones
 
 
 @pytest.mark.parametrize("stage,ranks", [(2, 1), (2, 2), (3, 2)])
@@ -191,3 +192,42 @@ def test_any_checkpoint_exports_to_a_directory_transformers_loads(dataset, tmp_p
     assert moved.abs().max() > 0  # each export holds its own checkpoint's trained weights
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
     assert tok.mask_token == "[MASK]"
+
+
+def test_phase_2_starts_from_phase_1_weights_with_a_fresh_optimizer(dataset, tmp_path):
+    train(dataset, tmp_path / "phase1", "optim.total_steps=30", "optim.lr=3e-3")
+    subprocess.run([sys.executable, "-m", "pretrain", "export", str(tmp_path / "phase1"), str(tmp_path / "export")],
+                   cwd=ROOT, env=env(), capture_output=True, timeout=300, check=True)
+    proc = train(dataset, tmp_path / "phase2", f"model.init_from={tmp_path / 'export'}", "optim.total_steps=3")
+    assert "resumed" not in proc.stderr and "initialised (absent" not in proc.stderr
+    fresh = losses(tmp_path / "phase1")[1]
+    phase1_end, phase2_start = losses(tmp_path / "phase1")[30], losses(tmp_path / "phase2")[1]
+    assert phase1_end < fresh - 0.3
+    assert phase2_start < fresh - 0.3  # starts where phase 1 ended, not from scratch
+    assert "step" in json.loads((tmp_path / "phase2" / "checkpoints" / "step_00000003" / "COMPLETE").read_text())
+
+
+def test_a_dead_rank_ends_the_job_with_an_error_instead_of_a_hang(dataset, tmp_path):
+    import psutil
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(command(dataset, run, "optim.total_steps=5000", "deepspeed.dist_timeout_minutes=1",
+                                    ranks=2), cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "pretrain" in " ".join(c.cmdline())]
+    victim = next(w for w in workers if w.environ().get("RANK") == "1")
+    victim.kill()
+    t = time.time()
+    proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    assert time.time() - t < 120
+
+
+def test_nan_loss_stops_the_run_naming_the_step(dataset, tmp_path):
+    proc = train(dataset, tmp_path / "run", "optim.lr=1e6", "optim.grad_clip=0", "optim.total_steps=50",
+                 check=False)
+    assert proc.returncode != 0
+    assert "NonFiniteLoss" in proc.stderr and "at step" in proc.stderr

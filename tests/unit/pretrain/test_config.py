@@ -35,3 +35,20 @@ def test_checks_against_data_and_world():
     off = load_config("configs/tiny-cpu.yaml", ["deepspeed.zero_stage=0", "deepspeed.offload_optimizer=true"])
     with pytest.raises(ConfigError, match="offload_optimizer needs zero_stage"):
         check_against(off, MANIFEST, world_size=1)
+
+
+@pytest.mark.parametrize("recipe,micro,accumulation", [("configs/bert-large-phase1.yaml", 64, 2),
+                                                        ("configs/bert-large-phase2.yaml", 16, 4)])
+def test_bert_large_recipes_fit_64_nodes_of_8_gpus(recipe, micro, accumulation):
+    cfg = load_config(recipe)
+    assert cfg.model.size == "large" and cfg.optim.name == "lamb" and cfg.deepspeed.precision == "bf16"
+    check_against(cfg, {"splits": {"train": {"rows": 10**8}, "validation": {"rows": 10**5}}}, world_size=512)
+    assert cfg.data.micro_batch_size == micro and cfg.accumulation_steps(512) == accumulation
+
+
+def test_deepspeed_overlays_merge_over_a_recipe():
+    for stage in (1, 2, 3):
+        cfg = load_config(["configs/bert-large-phase1.yaml", f"configs/deepspeed/zero{stage}.yaml"])
+        assert cfg.deepspeed.zero_stage == stage and cfg.deepspeed.global_batch_size == 65536
+    off = load_config(["configs/bert-large-phase1.yaml", "configs/deepspeed/zero3-offload.yaml"])
+    assert off.deepspeed.offload_optimizer and off.optim.lr == 6e-3
