@@ -107,12 +107,16 @@ class VocabInfo:
         return np.dtype(np.uint16) if self.size <= 65536 else np.dtype(np.int32)
 
     def mask_vocab(self) -> MaskVocab:
-        special = {t for t in self.tokens if t.startswith("[") and t.endswith("]")}
-        random_ids = np.array(
-            [i for i, t in enumerate(self.tokens) if t not in special], dtype=np.int64
-        )
-        is_cont = np.array([t.startswith("##") for t in self.tokens], dtype=bool)
-        return MaskVocab(mask_id=self.mask_id, random_ids=random_ids, is_continuation=is_cont)
+        return mask_vocab_of(self.tokens)
+
+
+def mask_vocab_of(tokens: list[str] | tuple[str, ...]) -> MaskVocab:
+    """What masking needs from a vocabulary (id order): [MASK], the ordinary tokens a random
+    replacement draws from (no [PAD]/[CLS]/[unused*] ...), the ``##`` continuation pieces."""
+    random_ids = np.array([i for i, t in enumerate(tokens) if not (t.startswith("[") and t.endswith("]"))],
+                          dtype=np.int64)
+    is_cont = np.array([t.startswith("##") for t in tokens], dtype=bool)
+    return MaskVocab(mask_id=list(tokens).index("[MASK]"), random_ids=random_ids, is_continuation=is_cont)
 
 
 def vocab_info(tok: Tokenizer, spec: TokenizerSpec) -> VocabInfo:

@@ -41,6 +41,8 @@ class DataSection(_Section):
     micro_batch_size: int = Field(8, ge=1)
     num_workers: int = Field(2, ge=0)
     seed: int = 1234
+    length_bucketing: int = Field(0, ge=0, description="window of global steps sorted by length; 0: off")
+    dynamic_masking: bool = False  # new masks each epoch instead of the preprocessed ones
 
 
 class OptimSection(_Section):

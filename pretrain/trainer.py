@@ -170,8 +170,8 @@ def train(cfg: TrainConfig, world: World) -> dict:
         log.info("resumed from step %d", state["step"])
 
     plan = BatchPlan(len(data), cfg.deepspeed.global_batch_size, cfg.data.micro_batch_size, world.size,
-                     world.rank, cfg.data.seed)
-    batches = iter(make_loader(data, plan, state["step"], cfg.data.num_workers))
+                     world.rank, cfg.data.seed, cfg.data.length_bucketing)
+    batches = iter(make_loader(data, plan, state["step"], cfg.data.num_workers, cfg.data.dynamic_masking))
     evaluator = None
     if cfg.eval.every_steps:
         evaluator = Evaluator(PretrainingDataset(cfg.data.path, cfg.data.eval_split), cfg.data.micro_batch_size,

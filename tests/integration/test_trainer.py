@@ -231,3 +231,11 @@ def test_nan_loss_stops_the_run_naming_the_step(dataset, tmp_path):
                  check=False)
     assert proc.returncode != 0
     assert "NonFiniteLoss" in proc.stderr and "at step" in proc.stderr
+
+
+def test_length_bucketing_and_dynamic_masking_keep_resume_exact(dataset, tmp_path):
+    steps = ("optim.total_steps=4", "data.length_bucketing=3", "data.dynamic_masking=true")
+    train(dataset, tmp_path / "straight", *steps)
+    train(dataset, tmp_path / "resumed", *steps, "stop_at_step=2")
+    train(dataset, tmp_path / "resumed", *steps)
+    assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")

@@ -6,8 +6,9 @@ from pretrain.data import BatchPlan, Collator, StepSampler
 
 
 def take(sampler, n):
+    """The first n micro-batches as row indices (the sampler also carries each row's epoch)."""
     it = iter(sampler)
-    return [next(it) for _ in range(n)]
+    return [[i for i, _ in next(it)] for _ in range(n)]
 
 
 def test_ranks_take_disjoint_slices_that_cover_each_global_batch():
@@ -58,3 +59,50 @@ def test_collator_pads_and_omits_the_mask_when_nothing_is_padded():
     assert batch["next_sentence_label"].tolist() == [0, 1] and int(batch["real_tokens"]) == 10
     same = c([row(5, 2, [1], [3], 0), row(5, 3, [2], [4], 0)])
     assert same["attention_mask"] is None and same["input_ids"].dtype == torch.long
+
+
+def test_length_bucketing_pads_less_and_still_takes_every_row_once():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 129, 400)
+    plain = BatchPlan(rows=400, global_batch=16, micro_batch=8, world_size=2, rank=0, seed=4)
+    bucketed = BatchPlan(rows=400, global_batch=16, micro_batch=8, world_size=2, rank=0, seed=4, bucket_window=5)
+
+    def padding(plan):
+        pad, seen = 0, []
+        for rank in range(2):
+            p = BatchPlan(**{**plan.__dict__, "rank": rank})
+            assert p.accumulation == 1 and p.steps_per_epoch == 25
+            for mb in take(StepSampler(p, lengths=lengths), 25):  # one epoch: 25 steps x 1 micro-batch
+                pad += sum(lengths[mb].max() - lengths[mb])
+                seen += mb
+        return pad, seen
+
+    pad_plain, seen_plain = padding(plain)
+    pad_bucketed, seen_bucketed = padding(bucketed)
+    assert sorted(seen_bucketed) == sorted(seen_plain) == list(range(400))  # every row once per epoch
+    assert pad_bucketed < 0.3 * pad_plain
+    full = take(StepSampler(bucketed, lengths=lengths), 60)  # crosses into the second epoch
+    assert take(StepSampler(bucketed, start_step=7, lengths=lengths), 40) == full[7:47]  # resume by step
+
+
+def test_dynamic_remasking_restores_originals_and_changes_masks_by_epoch(dataset):
+    from preprocess.reader import PretrainingDataset
+    from pretrain.data import Remasker, RowDataset, _load_tokens
+
+    data = PretrainingDataset(str(dataset))
+    rows = RowDataset(data)
+    remask = Remasker(_load_tokens(data), data.config, seed=5)
+    a = remask([rows[(i, 0)] for i in range(20)])
+    again = remask([rows[(i, 0)] for i in range(20)])
+    b = remask([rows[(i, 1)] for i in range(20)])
+    changed = 0
+    for i in range(20):
+        original = data.original_ids(i)
+        for r in (a[i], b[i]):
+            ids = r["input_ids"].copy()
+            ids[r["masked_lm_positions"]] = r["masked_lm_labels"]
+            assert np.array_equal(ids, original)
+            assert len(r["masked_lm_positions"]) == len(rows[(i, 0)]["masked_lm_positions"])  # same budget
+        assert np.array_equal(a[i]["masked_lm_positions"], again[i]["masked_lm_positions"])  # keyed
+        changed += not np.array_equal(a[i]["masked_lm_positions"], b[i]["masked_lm_positions"])
+    assert changed >= 18
