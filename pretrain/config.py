@@ -155,9 +155,12 @@ def load_config(paths: str | list[str], overrides: list[str] | None = None) -> T
         raise ConfigError(f"config {path}:\n  {problems}") from None
 
 
-def check_against(cfg: TrainConfig, manifest: dict[str, Any], world_size: int) -> None:
-    """Checks that need the data and the world: batch arithmetic, sequence length, splits."""
+def check_against(cfg: TrainConfig, manifest: dict[str, Any], world_size: int, on_gpu: bool = True) -> None:
+    """Checks that need the data, the world and the device: batch arithmetic, splits, precision."""
     problems = []
+    if cfg.deepspeed.precision == "fp16" and not on_gpu:
+        problems.append("deepspeed.precision fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16): "
+                        "use bf16 or fp32 on CPU")
     per_step = cfg.data.micro_batch_size * world_size
     if cfg.deepspeed.global_batch_size % per_step:
         problems.append(

@@ -104,8 +104,8 @@ def deepspeed_config(cfg: TrainConfig, world: World) -> dict:
             "type": "AdamW",
             "params": {"lr": cfg.optim.lr, "betas": list(cfg.optim.betas), "eps": cfg.optim.eps,
                        "weight_decay": cfg.optim.weight_decay,
-                       # torch's AdamW: no JIT build (DeepSpeed's FusedAdam needs one)
-                       "torch_adam": True},
+                       # torch's AdamW: no JIT build (DeepSpeed's FusedAdam needs one); fused kernel on GPU
+                       "torch_adam": True, **({"fused": True} if on_gpu else {})},
         }
     else:
         conf["zero_allow_untested_optimizer"] = True  # our LAMB is ZeRO-aware (pretrain.lamb)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from preprocess.reader import PretrainingDataset
 from preprocess.rng import mix_int
 from pretrain.checkpoint import CheckpointManager
-from pretrain.config import TrainConfig, check_against, save_resolved
+from pretrain.config import ConfigError, TrainConfig, check_against, save_resolved
 from pretrain.data import BatchPlan, make_loader
 from pretrain.engine import World, build_engine, grad_norm, init_distributed
 from pretrain.evaluation import Evaluator
@@ -101,8 +101,11 @@ def build(cfg: TrainConfig, manifest: dict) -> BertForPreTraining:
 
         model, report = load_pretrained(cfg.model.init_from, unpad=cfg.model.unpad)
         if model.config.vocab_size < manifest["vocab"]["size"]:
-            raise ValueError(f"model.init_from {cfg.model.init_from}: vocabulary {model.config.vocab_size} "
-                             f"is smaller than the data's {manifest['vocab']['size']}")
+            raise ConfigError(f"model.init_from {cfg.model.init_from}: vocabulary {model.config.vocab_size} "
+                              f"is smaller than the data's {manifest['vocab']['size']}")
+        if model.config.max_position_embeddings < manifest["config"]["max_seq_length"]:
+            raise ConfigError(f"model.init_from {cfg.model.init_from}: {model.config.max_position_embeddings} "
+                              f"positions, the data has sequences of {manifest['config']['max_seq_length']}")
         if report["initialized"]:
             log.warning("initialised (absent from %s): %s", cfg.model.init_from, ", ".join(report["initialized"]))
     else:
@@ -152,7 +155,7 @@ def train(cfg: TrainConfig, world: World) -> dict:
     """Train to ``optim.total_steps``, resuming from the newest complete checkpoint."""
     run_dir = Path(cfg.run_dir)
     data = PretrainingDataset(cfg.data.path, cfg.data.train_split)
-    check_against(cfg, data.manifest, world.size)
+    check_against(cfg, data.manifest, world.size, on_gpu=torch.cuda.is_available())
     if world.rank == 0:
         save_resolved(cfg, run_dir, world.size)
     init_distributed(cfg, world)

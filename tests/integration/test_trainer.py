@@ -239,3 +239,10 @@ def test_length_bucketing_and_dynamic_masking_keep_resume_exact(dataset, tmp_pat
     train(dataset, tmp_path / "resumed", *steps, "stop_at_step=2")
     train(dataset, tmp_path / "resumed", *steps)
     assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
+
+
+@pytest.mark.parametrize("extra", [("deepspeed.precision=bf16",), ("deepspeed.offload_optimizer=true",)])
+def test_bf16_and_cpu_offload_train(dataset, tmp_path, extra):
+    train(dataset, tmp_path / "run", "optim.total_steps=3", "deepspeed.zero_stage=2", *extra)
+    run = losses(tmp_path / "run")
+    assert sorted(run) == [1, 2, 3] and run[3] < run[1]

@@ -52,3 +52,10 @@ def test_deepspeed_overlays_merge_over_a_recipe():
         assert cfg.deepspeed.zero_stage == stage and cfg.deepspeed.global_batch_size == 65536
     off = load_config(["configs/bert-large-phase1.yaml", "configs/deepspeed/zero3-offload.yaml"])
     assert off.deepspeed.offload_optimizer and off.optim.lr == 6e-3
+
+
+def test_fp16_on_cpu_is_refused_before_work():
+    cfg = load_config("configs/tiny-cpu.yaml", ["deepspeed.precision=fp16"])
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        check_against(cfg, MANIFEST, world_size=1, on_gpu=False)
+    check_against(cfg, MANIFEST, world_size=1, on_gpu=True)
