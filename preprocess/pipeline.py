@@ -47,6 +47,8 @@ from preprocess.pairs import (
 )
 from preprocess.sentences import split_sentences
 from preprocess.shards import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
     RowSpec,
     ShardInfo,
     build_rows,
@@ -405,8 +407,8 @@ def build_pipeline(
         mask_vocab=vocab.mask_vocab(),
     )
     metadata = {
-        "format": "bert-pretraining-arrow",
-        "format_version": "1",
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
         "vocab_fingerprint": vocab.fingerprint,
         "vocab_size": str(vocab.size),
         "max_seq_length": str(cfg.max_seq_length),
