@@ -246,3 +246,13 @@ def test_bf16_and_cpu_offload_train(dataset, tmp_path, extra):
     train(dataset, tmp_path / "run", "optim.total_steps=3", "deepspeed.zero_stage=2", *extra)
     run = losses(tmp_path / "run")
     assert sorted(run) == [1, 2, 3] and run[3] < run[1]
+
+
+def test_the_deepspeed_launcher_runs_the_same_training_as_torchrun(dataset, tmp_path):
+    steps = ("optim.total_steps=3",)
+    train(dataset, tmp_path / "torchrun", *steps, ranks=2)
+    cmd = ["deepspeed", "--num_accelerators", "2", "--master_port", str(free_port()), "--module", "pretrain",
+           *command(dataset, tmp_path / "deepspeed", *steps)[3:]]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(tmp_path / "deepspeed") == losses(tmp_path / "torchrun")
