@@ -10,8 +10,10 @@ The tests use the same corpus.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
+import io
 import sys
 import warnings
 from pathlib import Path
@@ -39,22 +41,38 @@ MULTILINGUAL = [
 ]
 
 
-def stdlib_documents() -> list[list[str]]:
-    """One document per documented module-level object: its docstring's paragraphs as lines."""
+# Modules that act when imported (open a browser, print, need a display) or hold no prose.
+UNSAFE = {"antigravity", "this", "idlelib", "turtledemo", "tkinter", "turtle", "pydoc_data", "lib2to3",
+          "ensurepip", "venv", "__phello__"}
+
+
+def stdlib_documents(full: bool = False) -> list[list[str]]:
+    """One document per documented object: its docstring's paragraphs as lines.
+
+    By default the modules in ``MODULES`` and their module-level objects (~540 KB, the
+    tests' corpus); ``full``: every importable standard-library module, classes' methods
+    included (~1.2 MB, the demo's corpus).
+    """
+    names = sorted(n for n in sys.stdlib_module_names if not n.startswith("_") and n not in UNSAFE) if full \
+        else MODULES
     docs = []
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        for name in MODULES:
+        for name in names:
             try:
                 mod = importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - a module missing on some platform is skipped
+            except BaseException:  # noqa: BLE001 - a module missing or failing on this platform is skipped
                 continue
             for _, obj in [(name, mod)] + sorted(inspect.getmembers(mod), key=lambda kv: kv[0]):
                 if obj is not mod and getattr(obj, "__module__", None) != mod.__name__:
                     continue
-                doc = inspect.getdoc(obj)
-                if doc and len(doc) > 300:
-                    docs.append([" ".join(p.split()) for p in doc.split("\n\n") if p.strip()])
+                texts = [inspect.getdoc(obj)]
+                if full and inspect.isclass(obj):
+                    texts += [inspect.getdoc(f) for _, f in sorted(inspect.getmembers(obj), key=lambda kv: kv[0])
+                              if getattr(f, "__qualname__", "").startswith(obj.__name__ + ".")]
+                for doc in texts:
+                    if doc and len(doc) > (200 if full else 300):
+                        docs.append([" ".join(p.split()) for p in doc.split("\n\n") if p.strip()])
     return docs + MULTILINGUAL
 
 
@@ -70,30 +88,37 @@ def write_corpus(directory: Path, docs: list[list[str]], files: int = 8) -> list
     return paths
 
 
+def prepare(out: Path, vocab_size: int = 8000, beam_args: list[str] | None = None, full: bool = False,
+            max_seq_length: int = 128) -> int:
+    """Corpus, vocabulary and preprocessed dataset under ``out``; the job's exit status."""
+    paths = write_corpus(out / "corpus", stdlib_documents(full))
+    print(f"corpus: {len(paths)} files in {out / 'corpus'}")
+
+    from preprocess.vocab import train_vocab, write_vocab_txt
+
+    tok, _ = train_vocab([str(p) for p in paths], vocab_size=vocab_size)
+    write_vocab_txt(tok, str(out / "vocab.txt"))
+    print(f"vocab: {tok.get_vocab_size()} tokens in {out / 'vocab.txt'}")
+
+    from preprocess.job import main as job_main
+
+    return job_main([
+        "--input", str(out / "corpus" / "*.txt"), "--output", str(out / "data"), "--vocab", str(out / "vocab.txt"),
+        "--max-seq-length", str(max_seq_length), "--max-predictions-per-seq", str(round(max_seq_length * 0.15)),
+        "--dupe-factor", "5", "--num-shards", "4", "--validation-fraction", "0.02",
+        *(beam_args or []),
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m preprocess.example", description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", default="demo", help="directory for corpus/, vocab.txt and data/")
     ap.add_argument("--vocab-size", type=int, default=8000)
     args, beam_args = ap.parse_known_args(argv)
     out = Path(args.output)
-    paths = write_corpus(out / "corpus", stdlib_documents())
-    print(f"corpus: {len(paths)} files in {out / 'corpus'}")
-
-    from preprocess.vocab import train_vocab, write_vocab_txt
-
-    tok, _ = train_vocab([str(p) for p in paths], vocab_size=args.vocab_size)
-    write_vocab_txt(tok, str(out / "vocab.txt"))
-    print(f"vocab: {tok.get_vocab_size()} tokens in {out / 'vocab.txt'}")
-
-    from preprocess.job import main as job_main
     from preprocess.report import main as inspect_main
 
-    rc = job_main([
-        "--input", str(out / "corpus" / "*.txt"), "--output", str(out / "data"), "--vocab", str(out / "vocab.txt"),
-        "--max-seq-length", "128", "--dupe-factor", "5", "--num-shards", "4", "--validation-fraction", "0.02",
-        *beam_args,
-    ])
-    return rc or inspect_main([str(out / "data"), "--samples", "2"])
+    return prepare(out, args.vocab_size, beam_args) or inspect_main([str(out / "data"), "--samples", "2"])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """``python -m pretrain --config configs/<recipe>.yaml [section.field=value ...]`` trains;
-``python -m pretrain export RUN_DIR OUT [--step N]`` writes a Hugging Face directory.
+``python -m pretrain export RUN_DIR OUT [--step N]`` writes a Hugging Face directory;
+``python -m pretrain plot RUN_DIR`` draws the loss and accuracy curves.
 
 Training runs the same under ``torchrun``, ``deepspeed`` or ``srun`` for many ranks.
 """
@@ -20,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         from pretrain.export import main as export_main
 
         return export_main(argv[1:])
+    if argv and argv[0] == "plot":
+        from pretrain.plot import main as plot_main
+
+        return plot_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, action="append",
                    help="YAML recipe, e.g. configs/tiny-cpu.yaml; repeat to merge (e.g. configs/deepspeed/zero3.yaml)")

@@ -1,0 +1,26 @@
+"""The README's one-command demo, shortened: preprocess, train, plot, export, fill-mask."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    pytest.importorskip("transformers")
+    proc = subprocess.run([sys.executable, "-m", "pretrain.demo", "--output", str(tmp_path / "demo"), "--steps", "300"],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    line = next(x for x in out.splitlines() if x.startswith("loss "))
+    first, last = (float(v) for v in line.split(";")[0].removeprefix("loss ").split(" -> "))
+    assert last < first - 1.0  # visibly falling loss
+    assert "Return a new [MASK] object." in out and out.count("      [") == 5  # held-out sentences shown
+    for name in ("data/manifest.json", "run/curves.png", "export/model.safetensors", "export/vocab.txt"):
+        assert (tmp_path / "demo" / name).exists(), name
