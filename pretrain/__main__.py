@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"finished at step {state['step']} ({state['samples']} samples)")
+    if state["finished"]:
+        print(f"finished at step {state['step']} ({state['samples']} samples)")
+    else:
+        print(f"stopped at step {state['step']} ({state['samples']} samples), checkpointed: run again to resume")
     return 0
 
 

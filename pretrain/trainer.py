@@ -38,6 +38,9 @@ from pretrain.model import (
 log = logging.getLogger("pretrain")
 
 
+FINISHED = "FINISHED"
+
+
 class Interval:
     """Throughput over the steps since the last log line."""
 
@@ -214,5 +217,7 @@ def train(cfg: TrainConfig, world: World) -> dict:
         if stopping:
             log.warning("signal %s: checkpointed at step %d, stopping", stop.received, step)
             break
+    if world.rank == 0 and step == cfg.optim.total_steps:
+        (run_dir / FINISHED).write_text(json.dumps(state) + "\n")  # batch scripts: export, or requeue if absent
     metrics.close()
-    return state
+    return {**state, "finished": step == cfg.optim.total_steps}
