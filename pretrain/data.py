@@ -190,7 +190,7 @@ def make_loader(
     data: PretrainingDataset, plan: BatchPlan, start_step: int, num_workers: int, dynamic_masking: bool = False
 ) -> DataLoader:
     max_predictions = int(data.config["max_predictions_per_seq"])
-    tokens = _load_tokens(data)
+    tokens = vocab_tokens(data)
     remasker = Remasker(tokens, data.config, plan.seed) if dynamic_masking else None
     lengths = data.lengths() if plan.bucket_window else None
     return DataLoader(
@@ -203,7 +203,8 @@ def make_loader(
     )
 
 
-def _load_tokens(data: PretrainingDataset) -> list[str]:
+def vocab_tokens(data: PretrainingDataset) -> list[str]:
+    """The dataset's vocabulary in id order (from the vocab file copied beside its shards)."""
     from preprocess.report import load_tokens
 
     return load_tokens(data.path, data.vocab)
