@@ -12,7 +12,6 @@ once costs microseconds.
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import numpy as np
@@ -29,13 +28,7 @@ PURPOSE_MASK_ORDER = 3
 PURPOSE_MASK_ACTION = 4
 PURPOSE_TRUNCATE = 7
 PURPOSE_DONOR = 8
-PURPOSE_BUCKET = 9
 PURPOSE_SPLIT = 10
-
-
-def stable_hash64(text: str) -> int:
-    """64-bit hash of a string, identical in every process (unlike ``hash()``)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:

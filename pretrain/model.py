@@ -418,10 +418,6 @@ def set_activation_checkpointing(model: BertForPreTraining | BertModel, every: i
     encoder.checkpointed = frozenset(range(0, len(encoder.layer), every)) if every else frozenset()
 
 
-def num_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
 def flops_per_token(c: BertConfig, seq: int, predictions_per_seq: int) -> float:
     """Training FLOPs per token (forward + backward = 3x forward, matmuls only).
 
