@@ -66,10 +66,14 @@ NAMESPACE = "preprocess"
 
 def _count(stats: Counter | dict, group: str):
     """Beam metrics for the counts, and the same counts as a stats record."""
-    for k, v in stats.items():
+    _increment(stats)
+    return TaggedOutput(STATS, (group, dict(stats)))
+
+
+def _increment(counts: Counter | dict) -> None:
+    for k, v in counts.items():
         if v:
             Metrics.counter(NAMESPACE, k).inc(v)
-    return TaggedOutput(STATS, (group, dict(stats)))
 
 
 class SumStats(beam.CombineFn):
@@ -295,9 +299,7 @@ class _ResolveAndMaskFn(beam.DoFn):
         pairs = PairBlock.concat([g[0] for g in groups] + [resolved])
         pairs, truncated = truncate_pairs(pairs, self.max_num_tokens)
         stats = {"random_next_unresolved": unresolved, "tokens_truncated": truncated}
-        for k, v in stats.items():
-            if v:
-                Metrics.counter(NAMESPACE, k).inc(v)
+        _increment(stats)
         if len(pairs):
             pairs = pairs.take(np.argsort(pairs.key, kind="stable"))
             total = sum(counts.values())

@@ -194,7 +194,11 @@ class PretrainingDataset:
 
     def original_ids(self, index: int) -> np.ndarray:
         """The row before masking (for dynamic re-masking)."""
-        row = self[index]
-        ids = row["input_ids"].copy()
-        ids[row["masked_lm_positions"]] = row["masked_lm_labels"]
-        return ids
+        return original_ids(self[index])
+
+
+def original_ids(row: dict[str, Any]) -> np.ndarray:
+    """A row's ids before masking: the labels written back at the masked positions."""
+    ids = row["input_ids"].copy()
+    ids[row["masked_lm_positions"]] = row["masked_lm_labels"]
+    return ids

@@ -17,9 +17,10 @@ def load_tokens(path: str, vocab: dict) -> list[str]:
 
         tok = Tokenizer.from_file(file)
         return [tok.id_to_token(i) or "" for i in range(vocab["size"])]
+    from preprocess.tokenization import vocab_lines
+
     with open(file, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    return [t.strip() for t in lines[: vocab["size"]]]
+        return vocab_lines(f.read())[: vocab["size"]]
 
 
 def render_row(row: dict, tokens: list[str], inputs: list[str]) -> str:

@@ -54,6 +54,11 @@ def read_vocab_text(path: str) -> list[str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise VocabError(f"vocabulary {path} is not UTF-8 (byte {e.start})") from e
+    return vocab_lines(text)
+
+
+def vocab_lines(text: str) -> list[str]:
+    """Tokens of a ``vocab.txt``'s text, one per line, in id order (blank lines keep their id)."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the newline ending the last line starts no token

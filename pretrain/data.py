@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from preprocess.reader import PretrainingDataset
+from preprocess.reader import PretrainingDataset, original_ids
 
 IGNORE_INDEX = -100
 
@@ -129,17 +129,13 @@ class Remasker:
         from preprocess.masking import mask_batch
         from preprocess.rng import mix
 
-        originals = []
-        for r in rows:
-            ids = r["input_ids"].astype(np.int64)
-            ids[r["masked_lm_positions"].astype(np.int64)] = r["masked_lm_labels"]
-            originals.append(ids)
+        originals = [original_ids(r) for r in rows]
         lengths = np.array([len(x) for x in originals])
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         b_starts = np.array([int(np.argmax(r["token_type_ids"])) for r in rows])
         keys = mix(self.seed, np.array([r["epoch"] for r in rows], dtype=np.uint64),
                    np.array([r["index"] for r in rows], dtype=np.uint64))
-        out = mask_batch(np.concatenate(originals), offsets, b_starts, keys, self.params, self.vocab)
+        out = mask_batch(np.concatenate(originals).astype(np.int64), offsets, b_starts, keys, self.params, self.vocab)
         fresh = []
         for k, r in enumerate(rows):
             lo, hi = out.label_offsets[k], out.label_offsets[k + 1]
@@ -186,17 +182,20 @@ class Collator:
         }
 
 
+def collator_for(data: PretrainingDataset, remasker: Remasker | None = None) -> Collator:
+    """Pads with the dataset's [PAD] and to its prediction budget."""
+    return Collator(vocab_tokens(data).index("[PAD]"), int(data.config["max_predictions_per_seq"]), remasker)
+
+
 def make_loader(
     data: PretrainingDataset, plan: BatchPlan, start_step: int, num_workers: int, dynamic_masking: bool = False
 ) -> DataLoader:
-    max_predictions = int(data.config["max_predictions_per_seq"])
-    tokens = vocab_tokens(data)
-    remasker = Remasker(tokens, data.config, plan.seed) if dynamic_masking else None
+    remasker = Remasker(vocab_tokens(data), data.config, plan.seed) if dynamic_masking else None
     lengths = data.lengths() if plan.bucket_window else None
     return DataLoader(
         RowDataset(data),
         batch_sampler=StepSampler(plan, start_step, lengths),
-        collate_fn=Collator(tokens.index("[PAD]"), max_predictions, remasker),
+        collate_fn=collator_for(data, remasker),
         num_workers=num_workers,
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,

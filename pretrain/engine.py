@@ -119,15 +119,21 @@ def deepspeed_config(cfg: TrainConfig, world: World) -> dict:
     return conf
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """BERT's rule: no weight decay on biases and LayerNorm weights."""
-    decay, no_decay, seen = [], [], set()
+def decayed_parameters(model: torch.nn.Module) -> list[tuple[torch.nn.Parameter, bool]]:
+    """Each parameter once (tied weights appear once) and whether weight decay applies:
+    BERT's rule, none on biases and LayerNorm weights."""
+    out, seen = [], set()
     for name, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append((p, not (name.endswith("bias") or "LayerNorm" in name)))
+    return out
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    params = decayed_parameters(model)
+    return [{"params": [p for p, d in params if d], "weight_decay": weight_decay},
+            {"params": [p for p, d in params if not d], "weight_decay": 0.0}]
 
 
 def build_engine(cfg: TrainConfig, model: torch.nn.Module, world: World):

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from preprocess.reader import PretrainingDataset
-from pretrain.data import Collator, RowDataset, vocab_tokens
+from pretrain.data import RowDataset, collator_for
 
 
 class Evaluator:
@@ -21,7 +21,7 @@ class Evaluator:
         batches = [list(range(b * micro_batch, (b + 1) * micro_batch)) for b in range(rank, total, world)]
         self.loader = DataLoader(
             RowDataset(data), batch_sampler=batches,
-            collate_fn=Collator(vocab_tokens(data).index("[PAD]"), int(data.config["max_predictions_per_seq"])),
+            collate_fn=collator_for(data),
         )
 
     @torch.no_grad()

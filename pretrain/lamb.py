@@ -25,14 +25,10 @@ from torch import nn
 
 def lamb_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """One group per parameter (so ZeRO shards never mix tensors); no decay on bias/LayerNorm."""
-    groups, seen = [], set()
-    for name, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        no_decay = name.endswith("bias") or "LayerNorm" in name
-        groups.append({"params": [p], "weight_decay": 0.0 if no_decay else weight_decay, "full_numel": p.numel()})
-    return groups
+    from pretrain.engine import decayed_parameters
+
+    return [{"params": [p], "weight_decay": weight_decay if decays else 0.0, "full_numel": p.numel()}
+            for p, decays in decayed_parameters(model)]
 
 
 class Lamb(torch.optim.Optimizer):
