@@ -143,3 +143,65 @@ class DonorBlock(_Columns):
     def empty(cls) -> DonorBlock:
         z = np.zeros(0, dtype=np.uint64)
         return cls(z, z, Ragged.empty(), Ragged.empty(np.int64))
+
+
+@dataclass
+class DocumentBatch:
+    """Tokenized documents: each one's sentence token counts, and all tokens back to back.
+
+    Document d has sentences ``lengths[s0:s1]`` where ``[s0, s1)`` is its range in
+    ``offsets_of(sentences)``; its tokens follow those of document d - 1.
+    """
+
+    doc_id: np.ndarray  # (docs,) uint64
+    sentences: np.ndarray  # (docs,) int64: sentence count, none 0
+    lengths: np.ndarray  # (all sentences,) int64: token counts, none 0
+    tokens: np.ndarray  # (all tokens,) the shard token dtype
+
+    def __len__(self) -> int:
+        return len(self.doc_id)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Tokens per document."""
+        if len(self) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.add.reduceat(self.lengths, offsets_of(self.sentences)[:-1])
+
+    def take(self, idx: np.ndarray) -> DocumentBatch:
+        idx = np.asarray(idx, dtype=np.int64)
+        sentence_starts = offsets_of(self.sentences)[:-1]
+        sizes = self.sizes
+        return DocumentBatch(
+            self.doc_id[idx],
+            self.sentences[idx],
+            gather_ranges(self.lengths, sentence_starts[idx], self.sentences[idx]),
+            gather_ranges(self.tokens, offsets_of(sizes)[:-1][idx], sizes[idx]),
+        )
+
+    @classmethod
+    def from_sentences(
+        cls, doc_id: np.ndarray, sentences: np.ndarray, lengths: np.ndarray, tokens: np.ndarray, cap: int
+    ) -> tuple[DocumentBatch, dict[str, int]]:
+        """Pack tokenized sentences (``sentences[d]`` of them for document d, any length).
+
+        Sentences of no tokens are dropped, one longer than ``cap`` becomes pieces of
+        ``cap`` (the last shorter), and documents left with no sentence are dropped.
+        Returns the batch and counts of what was done.
+        """
+        lengths = np.asarray(lengths, dtype=np.int64)
+        pieces = (lengths + cap - 1) // cap  # 0 for an empty sentence
+        sentence = np.repeat(np.arange(len(lengths)), pieces)
+        nth = np.arange(len(sentence)) - np.repeat(offsets_of(pieces)[:-1], pieces)
+        piece_lengths = np.minimum(cap, lengths[sentence] - nth * cap)
+        per_doc = np.bincount(np.repeat(np.arange(len(doc_id)), sentences)[sentence], minlength=len(doc_id))
+        used = per_doc > 0
+        stats = {
+            "sentences_cut_long": int((lengths > cap).sum()),
+            "document_no_tokens": int((~used).sum()),
+            "documents_used": int(used.sum()),
+            "sentences": len(piece_lengths),
+            "documents_single_sentence": int((per_doc == 1).sum()),
+        }
+        batch = cls(np.asarray(doc_id, dtype=np.uint64)[used], per_doc[used].astype(np.int64), piece_lengths, tokens)
+        return batch, stats

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from preprocess import rng
-from preprocess.packed import DonorBlock, PairBlock, Ragged, RequestBlock
+from preprocess.packed import DocumentBatch, DonorBlock, PairBlock, Ragged, RequestBlock, offsets_of
 
 
 @dataclass(frozen=True)
@@ -122,22 +122,24 @@ def plan_document(
 
 
 def plan_blocks(
-    docs: list[tuple[int, np.ndarray, np.ndarray]], plans: list[DocumentPlan], seed: int, max_num_tokens: int
+    docs: DocumentBatch, plans: list[DocumentPlan], seed: int, max_num_tokens: int
 ) -> tuple[PairBlock, RequestBlock, DonorBlock]:
     """Gather the tokens of planned pairs, requests and donors for a batch of documents.
 
-    ``docs`` holds (doc_id, tokens, sentence lengths) and ``plans`` their plans. All
-    documents' tokens go into one array, so each block costs one vectorised gather
-    however many documents the batch has.
+    ``plans[d]`` is the plan of document d of ``docs``. Each block costs one
+    vectorised gather however many documents the batch has.
     """
-    doc_ids = np.array([d[0] for d in docs], dtype=np.uint64)
-    flat = np.concatenate([d[1] for d in docs]) if docs else np.zeros(0, np.int32)
-    sizes = np.array([len(d[1]) for d in docs], dtype=np.int64)
-    base = np.cumsum(sizes) - sizes  # where each document starts in ``flat``
+    doc_ids = docs.doc_id
+    flat = docs.tokens
+    base = offsets_of(docs.sizes)[:-1]  # where each document starts in ``flat``
+    counts = docs.sentences
+    first_start = offsets_of(counts + 1)[:-1]  # index of each document's first start
     # sentence starts of all documents, each document's n + 1 entries side by side
-    starts = np.concatenate([np.concatenate([[0], np.cumsum(d[2], dtype=np.int64)]) + b for d, b in zip(docs, base)])
-    counts = np.array([len(d[2]) for d in docs], dtype=np.int64)
-    first_start = np.cumsum(counts + 1) - (counts + 1)  # index of each document's first start
+    doc_of = np.repeat(np.arange(len(docs)), counts + 1)
+    within = np.arange(len(doc_of)) - first_start[doc_of]  # 0..n for each document
+    cum = offsets_of(docs.lengths)  # global sentence boundaries; document d's starts at sentence offset
+    sentence_offset = offsets_of(counts)[:-1]
+    starts = cum[sentence_offset[doc_of] + within]
 
     def table(rows: list, width: int) -> np.ndarray:
         return np.array(rows, dtype=np.int64).reshape(-1, width)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import zlib
 from collections import Counter
-from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
@@ -36,7 +35,7 @@ from preprocess import rng
 from preprocess.config import PreprocessConfig
 from preprocess.documents import ReadParams, file_format, open_input, read_documents
 from preprocess.manifest import MANIFEST_NAME, add_stats, build_manifest, dumps, split_summary
-from preprocess.packed import DonorBlock, PairBlock, RequestBlock
+from preprocess.packed import DocumentBatch, DonorBlock, PairBlock, RequestBlock, offsets_of
 from preprocess.pairs import (
     DocumentPlan,
     PairingParams,
@@ -58,7 +57,7 @@ from preprocess.shards import (
     shard_name,
     write_atomically,
 )
-from preprocess.tokenization import TokenizerSpec, VocabInfo, build_tokenizer, encode_sentences
+from preprocess.tokenization import SentenceEncoder, TokenizerSpec, VocabInfo, build_tokenizer
 
 STATS = "stats"
 NAMESPACE = "preprocess"
@@ -150,73 +149,54 @@ class SplitSentences(beam.PTransform):
 
 
 # ---------------------------------------------------------------- tokenize
-@dataclass(frozen=True)
-class TokenizedDocument:
-    doc_id: int
-    tokens: np.ndarray  # (total,) int32: all sentences back to back
-    lengths: np.ndarray  # (sentences,) int32: none 0, none over max_seq_length
-
-
 class _TokenizeFn(beam.DoFn):
-    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str, threads: int | None):
+    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str, threads: int | None = None,
+                 validation_fraction: float = 0.0):
         self.spec = spec
         self.max_sentence_tokens = max_sentence_tokens
         self.token_dtype = np.dtype(token_dtype)  # uint16 for vocabularies up to 65,536: half the shuffle
         self.threads = threads
+        self.validation_fraction = validation_fraction
 
     def setup(self):
         if self.threads:
             # Several worker processes share the machine: give each its share of the cores
             # (set before the tokenizer's thread pool first starts in this process).
             os.environ["RAYON_NUM_THREADS"] = str(self.threads)
-        self.tokenizer = build_tokenizer(self.spec)
+        self.encoder = SentenceEncoder(build_tokenizer(self.spec))
 
     def process(self, batch):
-        flat = [s for _, sents in batch for s in sents]
-        ids = encode_sentences(self.tokenizer, flat) if flat else []
-        stats: Counter = Counter()
-        i = 0
-        cap = self.max_sentence_tokens
-        for doc_id, sents in batch:
-            tokens = []
-            for arr in ids[i : i + len(sents)]:
-                if len(arr) == 0:
-                    continue
-                if len(arr) > cap:
-                    stats["sentences_cut_long"] += 1
-                    tokens.extend(arr[j : j + cap] for j in range(0, len(arr), cap))
-                else:
-                    tokens.append(arr)
-            i += len(sents)
-            if not tokens:
-                stats["document_no_tokens"] += 1
-                continue
-            stats["documents_used"] += 1
-            stats["sentences"] += len(tokens)
-            if len(tokens) == 1:
-                stats["documents_single_sentence"] += 1
-            yield TokenizedDocument(
-                doc_id,
-                np.concatenate(tokens).astype(self.token_dtype),
-                np.fromiter(map(len, tokens), dtype=np.int32, count=len(tokens)),
-            )
+        per_doc = np.fromiter((len(sents) for _, sents in batch), dtype=np.int64, count=len(batch))
+        ids, lengths = self.encoder.encode([s for _, sents in batch for s in sents])
+        docs, stats = DocumentBatch.from_sentences(
+            np.array([doc_id for doc_id, _ in batch], dtype=np.uint64), per_doc, lengths,
+            ids.astype(self.token_dtype), self.max_sentence_tokens,
+        )
         yield _count(stats, "documents")
+        validation = in_validation(docs.doc_id, self.validation_fraction)
+        if validation.any():
+            yield TaggedOutput("validation", docs.take(np.flatnonzero(validation)))
+        if not validation.all():
+            yield docs.take(np.flatnonzero(~validation)) if validation.any() else docs
 
 
 class TokenizeDocuments(beam.PTransform):
-    """(doc_id, sentences) -> TokenizedDocument, batched through ``encode_batch``."""
+    """(doc_id, sentences) -> DocumentBatch per split, batched through the tokenizer.
 
-    def __init__(
-        self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str = "int32", threads: int | None = None
-    ):
+    Outputs: ``train`` and ``validation`` (documents assigned by :func:`in_validation`),
+    and ``stats``.
+    """
+
+    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str = "int32",
+                 threads: int | None = None, validation_fraction: float = 0.0):
         super().__init__()
-        self.args = (spec, max_sentence_tokens, token_dtype, threads)
+        self.args = (spec, max_sentence_tokens, token_dtype, threads, validation_fraction)
 
     def expand(self, docs):
         return (
             docs
             | "Batch" >> beam.BatchElements(min_batch_size=16, max_batch_size=256)
-            | "Encode" >> beam.ParDo(_TokenizeFn(*self.args)).with_outputs(STATS, main="docs")
+            | "Encode" >> beam.ParDo(_TokenizeFn(*self.args)).with_outputs(STATS, "validation", main="train")
         )
 
 
@@ -230,19 +210,18 @@ class _PairFn(beam.DoFn):
     def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int):
         self.split, self.params, self.dupe_factor, self.seed, self.buckets = split, params, dupe_factor, seed, buckets
 
-    def process(self, docs: list[TokenizedDocument]):
+    def process(self, docs: DocumentBatch):
         stats: Counter = Counter(documents=len(docs))
         plans = []
-        for doc in docs:
-            lengths = doc.lengths.tolist()
+        lengths = docs.lengths.tolist()
+        bounds = offsets_of(docs.sentences).tolist()
+        for k, doc_id in enumerate(docs.doc_id.tolist()):
             plan = DocumentPlan()
             for pass_index in range(self.dupe_factor):
-                plan_document(doc.doc_id, lengths, pass_index, self.seed, self.params, plan)
+                plan_document(doc_id, lengths[bounds[k] : bounds[k + 1]], pass_index, self.seed, self.params, plan)
             stats["pairs_unpairable"] += plan.unpairable
             plans.append(plan)
-        pairs, requests, donors = plan_blocks(
-            [(d.doc_id, d.tokens, d.lengths) for d in docs], plans, self.seed, self.params.max_num_tokens
-        )
+        pairs, requests, donors = plan_blocks(docs, plans, self.seed, self.params.max_num_tokens)
         by_bucket = [
             _split_by_bucket(block, self.buckets) for block in (pairs, requests, donors)
         ]
@@ -268,18 +247,14 @@ def _split_by_bucket(block, buckets: int) -> dict:
 
 
 class CreatePairs(beam.PTransform):
-    """Batches of TokenizedDocument -> (bucket, (pairs, requests, donors)); row counts per bucket."""
+    """DocumentBatch -> (bucket, (pairs, requests, donors)); row counts per bucket."""
 
     def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int):
         super().__init__()
         self.args = (split, params, dupe_factor, seed, buckets)
 
     def expand(self, docs):
-        return (
-            docs
-            | "Batch" >> beam.BatchElements(min_batch_size=8, max_batch_size=512)
-            | "Plan" >> beam.ParDo(_PairFn(*self.args)).with_outputs(STATS, "counts", main="items")
-        )
+        return docs | "Plan" >> beam.ParDo(_PairFn(*self.args)).with_outputs(STATS, "counts", main="items")
 
 
 # ---------------------------------------------------------------- mask
@@ -382,12 +357,11 @@ class _WriteManifestFn(beam.DoFn):
         yield manifest
 
 
-def split_of(doc_id: int, fraction: float) -> str:
+def in_validation(doc_ids: np.ndarray, fraction: float) -> np.ndarray:
     """Deterministic split by document hash, independent of seed and dupe factor."""
     if fraction <= 0:
-        return "train"
-    u = float(rng.uniform(rng.mix(rng.PURPOSE_SPLIT, doc_id))[0])
-    return "validation" if u < fraction else "train"
+        return np.zeros(len(doc_ids), dtype=bool)
+    return rng.uniform(rng.mix(rng.PURPOSE_SPLIT, np.asarray(doc_ids, dtype=np.uint64))) < fraction
 
 
 def build_pipeline(
@@ -425,16 +399,14 @@ def build_pipeline(
 
     docs, read_stats = p | "ListFiles" >> beam.Create(list(enumerate(files))) | "Read" >> ReadCorpus(cfg.read_params)
     sentences = docs | "Split" >> SplitSentences(cfg.language)
-    tokenized, token_stats = sentences | "Tokenize" >> TokenizeDocuments(
-        spec, cfg.max_seq_length, vocab.token_dtype.name, tokenizer_threads
+    tokenized = sentences | "Tokenize" >> TokenizeDocuments(
+        spec, cfg.max_seq_length, vocab.token_dtype.name, tokenizer_threads, cfg.validation_fraction
     )
-    by_split = tokenized | "AssignSplit" >> beam.Partition(
-        lambda d, n, frac=cfg.validation_fraction: 0 if split_of(d.doc_id, frac) == "train" else 1, 2
-    )
+    token_stats = tokenized[STATS]
     all_stats = [read_stats, token_stats]
     all_shards = []
-    for i, (split, shards) in enumerate(shard_counts.items()):
-        items, pair_stats, counts = by_split[i] | f"Pair[{split}]" >> CreatePairs(
+    for split, shards in shard_counts.items():
+        items, pair_stats, counts = tokenized[split] | f"Pair[{split}]" >> CreatePairs(
             split, cfg.pairing, cfg.dupe_factor, cfg.seed, shards
         )
         bucket_counts = counts | f"CountRows[{split}]" >> beam.CombinePerKey(sum)

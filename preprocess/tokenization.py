@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
+from itertools import chain, repeat
 
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from preprocess.masking import MaskVocab
+from preprocess.packed import gather_ranges
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MAX_INPUT_CHARS_PER_WORD = 200  # Google's WordpieceTokenizer default
@@ -145,10 +148,120 @@ def vocab_info(tok: Tokenizer, spec: TokenizerSpec) -> VocabInfo:
     )
 
 
-def encode_sentences(tok: Tokenizer, sentences: list[str]) -> list[np.ndarray]:
-    """Token ids of each sentence (no special tokens), batched on all cores by ``tokenizers``."""
-    encodings = tok.encode_batch_fast(sentences, add_special_tokens=False)
-    return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+def splits_at_spaces(tok: Tokenizer) -> bool:
+    """Whether no token can span a space or an ASCII punctuation mark.
+
+    True for BERT's pipeline: BERT's normaliser works character by character and never
+    joins across whitespace or punctuation, then the text is split on whitespace and
+    around every punctuation mark, then WordPiece runs inside each piece. So a text's
+    ids are those of its space-separated chunks back to back, and a chunk's are those
+    of its pieces between (and including) ASCII punctuation marks. Added tokens could
+    match across those places, so a tokenizer with any is not split.
+    """
+    if not isinstance(tok.model, models.WordPiece):
+        return False
+    if not isinstance(tok.pre_tokenizer, pre_tokenizers.BertPreTokenizer):
+        return False
+    if tok.normalizer is not None and not isinstance(tok.normalizer, normalizers.BertNormalizer):
+        return False
+    return not tok.get_added_tokens_decoder()
+
+
+ASCII_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # BERT splits around each of these
+
+
+class _Memo:
+    """Texts already encoded: text -> entry; entry e's ids are ``ids[starts[e]:starts[e] + lengths[e]]``."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+        self.starts = np.zeros(0, dtype=np.int64)
+        self.lengths = np.zeros(0, dtype=np.int64)
+        self.ids = np.zeros(0, dtype=np.int32)
+
+    def add(self, texts: list[str], ids: np.ndarray, lengths: np.ndarray) -> None:
+        first = len(self.lengths)
+        self.starts = np.concatenate([self.starts, len(self.ids) + np.cumsum(lengths) - lengths])
+        self.lengths = np.concatenate([self.lengths, lengths])
+        self.ids = np.concatenate([self.ids, ids])
+        self.index.update(zip(texts, range(first, first + len(texts))))
+
+    def entries(self, texts: list[str]) -> np.ndarray:
+        """Each text's entry, -1 where it has none."""
+        return np.fromiter(map(self.index.get, texts, repeat(-1)), dtype=np.int64, count=len(texts))
+
+    def gather(self, entry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of the entries back to back, each entry's token count)."""
+        lengths = self.lengths[entry]
+        return gather_ranges(self.ids, self.starts[entry], lengths), lengths
+
+
+def _memoised(memo: _Memo, texts: list[str], encode) -> tuple[np.ndarray, np.ndarray]:
+    """``memo.gather`` of ``texts`` after ``encode``-ing (-> ids, lengths) and adding those missing."""
+    entry = memo.entries(texts)
+    absent = np.flatnonzero(entry < 0)
+    if len(absent):
+        new = list(dict.fromkeys(texts[i] for i in absent.tolist()))
+        memo.add(new, *encode(new))
+        entry[absent] = memo.entries([texts[i] for i in absent.tolist()])
+    return memo.gather(entry)
+
+
+class SentenceEncoder:
+    """Token ids of batches of sentences, with ``tokenizers`` doing all tokenization.
+
+    When :func:`splits_at_spaces` holds, each distinct space-separated chunk is looked up
+    in a memo; a chunk not seen before is cut into pieces at ASCII punctuation, and only
+    pieces not seen before go through ``encode_batch`` (as pre-tokenized sequences of a
+    few hundred pieces, far cheaper per piece than one input each). Real text repeats
+    its words, so most of a batch is gathered from memory. The ids are exactly those
+    of encoding each sentence whole; only the work differs. The memos are cleared when
+    they reach ``max_entries``, which bounds their memory. Otherwise sentences go to
+    ``encode_batch`` as they are.
+    """
+
+    GROUP = 256  # pieces per pre-tokenized input
+
+    def __init__(self, tok: Tokenizer, max_entries: int = 1 << 20):
+        self.tok = tok
+        self.memoised = splits_at_spaces(tok)
+        self.max_entries = max_entries
+        self.clear()
+
+    def clear(self) -> None:
+        self.chunks = _Memo()
+        self.pieces = _Memo()
+
+    def encode(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of all sentences back to back as int32, each sentence's token count)."""
+        if not sentences:
+            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+        if not self.memoised:
+            encodings = self.tok.encode_batch_fast(sentences, add_special_tokens=False)
+            lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
+            ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int32, count=int(lengths.sum()))
+            return ids, lengths
+        chunks = " ".join(sentences).split(" ")
+        per_sentence = np.fromiter((s.count(" ") + 1 for s in sentences), dtype=np.int64, count=len(sentences))
+        if len(self.chunks.index) > self.max_entries or len(self.pieces.index) > self.max_entries:
+            self.clear()
+        ids, lengths = _memoised(self.chunks, chunks, self._encode_chunks)
+        return ids, np.add.reduceat(lengths, np.cumsum(per_sentence) - per_sentence)
+
+    def _encode_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        split = [ASCII_PUNCTUATION.split(c) for c in chunks]
+        per_chunk = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+        ids, lengths = _memoised(self.pieces, list(chain.from_iterable(split)), self._encode_words)
+        return ids, np.add.reduceat(lengths, np.cumsum(per_chunk) - per_chunk)
+
+    def _encode_words(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        groups = [words[i : i + self.GROUP] for i in range(0, len(words), self.GROUP)]
+        encodings = self.tok.encode_batch(groups, is_pretokenized=True, add_special_tokens=False)  # _fast: no word ids
+        lengths = np.concatenate([
+            np.bincount(np.asarray(e.word_ids, dtype=np.int64), minlength=len(g)) for g, e in zip(groups, encodings)
+        ])
+        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int32, count=int(lengths.sum()))
+        return ids, lengths
 
 
 def save_vocab_copy(spec: TokenizerSpec, out_dir: str) -> str:

@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from preprocess.packed import DonorBlock, PairBlock, Ragged, RequestBlock
+from preprocess.packed import DocumentBatch, DonorBlock, PairBlock, Ragged, RequestBlock
 from preprocess.pairs import (
     DocumentPlan,
     PairingParams,
@@ -22,12 +22,22 @@ def doc_of(*lengths, start=0):
     return tokens, np.array(lengths, dtype=np.int32)
 
 
+def batch_of(docs):
+    """A DocumentBatch of (doc_id, tokens, sentence lengths) triples."""
+    return DocumentBatch(
+        np.array([d for d, _, _ in docs], dtype=np.uint64),
+        np.array([len(lens) for _, _, lens in docs], dtype=np.int64),
+        np.concatenate([lens for _, _, lens in docs]).astype(np.int64),
+        np.concatenate([t for _, t, _ in docs]),
+    )
+
+
 def pair_doc(doc_id, lengths, params, seed, passes=1, start=0):
     tokens, lens = doc_of(*lengths, start=start)
     plan = DocumentPlan()
     for p in range(passes):
         plan_document(doc_id, lens.tolist(), p, seed, params, plan)
-    pairs, requests, donors = plan_blocks([(doc_id, tokens, lens)], [plan], seed, params.max_num_tokens)
+    pairs, requests, donors = plan_blocks(batch_of([(doc_id, tokens, lens)]), [plan], seed, params.max_num_tokens)
     return plan, pairs, requests, donors
 
 
@@ -140,8 +150,8 @@ def test_plan_blocks_of_a_batch_equal_blocks_of_each_document():
     params = PairingParams(max_seq_length=40, short_seq_prob=0.1)
     docs = [(10 + d, *doc_of(*[3 + d, 9, 4 + 2 * d, 11, 6], start=100 * d)) for d in range(4)]
     plans = [plan_document(d, lens.tolist(), 0, 2, params) for d, _, lens in docs]
-    together = plan_blocks(docs, plans, 2, params.max_num_tokens)
-    alone = [plan_blocks([doc], [plan], 2, params.max_num_tokens) for doc, plan in zip(docs, plans)]
+    together = plan_blocks(batch_of(docs), plans, 2, params.max_num_tokens)
+    alone = [plan_blocks(batch_of([doc]), [plan], 2, params.max_num_tokens) for doc, plan in zip(docs, plans)]
     for part, cls in enumerate((PairBlock, RequestBlock, DonorBlock)):
         joined = cls.concat([a[part] for a in alone])
         assert np.array_equal(joined.key, together[part].key)

@@ -10,17 +10,17 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from preprocess.documents import Document, ReadParams, document_id
 from preprocess.masking import MaskingParams
+from preprocess.packed import DocumentBatch
 from preprocess.pairs import PairingParams
 from preprocess.pipeline import (
     CreatePairs,
     MaskInstances,
     ReadCorpus,
     SplitSentences,
-    TokenizedDocument,
     TokenizeDocuments,
     WriteShards,
     bucket_of,
-    split_of,
+    in_validation,
 )
 from preprocess.shards import RowSpec
 from preprocess.tokenization import TokenizerSpec, build_tokenizer, vocab_info
@@ -59,15 +59,16 @@ def test_tokenize_batches_cuts_long_sentences_and_drops_empty_documents(vocab_fi
     tok = build_tokenizer(spec)
     long_sentence = " ".join(["value"] * 40)
     with TestPipeline() as p:
-        docs, stats = (
+        out = (
             p
             | beam.Create([(1, ["Return the value.", long_sentence]), (2, ["\x07\x08"])])
             | TokenizeDocuments(spec, max_sentence_tokens=16)
         )
-        lengths = docs | beam.Map(lambda d: (d.doc_id, d.lengths.tolist(), len(d.tokens)))
+        docs = out.train | beam.FlatMap(
+            lambda b: [(int(d), b.take([i]).lengths.tolist(), int(b.sizes[i])) for i, d in enumerate(b.doc_id)])
         first = len(tok.encode("Return the value.", add_special_tokens=False).ids)
-        assert_that(lengths, equal_to([(1, [first, 16, 16, 8], first + 40)]), label="docs")
-        counts = stats | beam.Map(lambda kv: kv[1]) | beam.FlatMap(dict.items) | beam.CombinePerKey(sum)
+        assert_that(docs, equal_to([(1, [first, 16, 16, 8], first + 40)]), label="docs")
+        counts = out.stats | beam.Map(lambda kv: kv[1]) | beam.FlatMap(dict.items) | beam.CombinePerKey(sum)
         assert_that(
             counts | beam.Filter(lambda kv: kv[0] in ("document_no_tokens", "sentences_cut_long")),
             equal_to([("document_no_tokens", 1), ("sentences_cut_long", 1)]),
@@ -75,13 +76,24 @@ def test_tokenize_batches_cuts_long_sentences_and_drops_empty_documents(vocab_fi
         )
 
 
+def test_tokenize_routes_documents_to_their_split(vocab_file):
+    spec = TokenizerSpec(vocab_file)
+    ids = list(range(200))
+    expected = in_validation(np.array(ids, dtype=np.uint64), 0.2)
+    with TestPipeline() as p:
+        out = p | beam.Create([(i, [f"Sentence number {i}."]) for i in ids]) | TokenizeDocuments(
+            spec, max_sentence_tokens=16, validation_fraction=0.2)
+        for split, want in (("train", ~expected), ("validation", expected)):
+            got = out[split] | f"Ids[{split}]" >> beam.FlatMap(lambda b: b.doc_id.tolist())
+            assert_that(got, equal_to([i for i in ids if want[i]]), label=split)
+
+
 def _docs(n=12):
     r = np.random.default_rng(0)
-    docs = []
-    for d in range(n):
-        lengths = r.integers(3, 12, 8).astype(np.int32)
-        docs.append(TokenizedDocument(d, r.integers(5, 300, int(lengths.sum())).astype(np.uint16), lengths))
-    return docs
+    lengths = r.integers(3, 12, 8 * n)
+    batch = DocumentBatch(np.arange(n, dtype=np.uint64), np.full(n, 8), lengths,
+                          r.integers(5, 300, int(lengths.sum())).astype(np.uint16))
+    return [batch.take(np.arange(i, min(i + 5, n))) for i in range(0, n, 5)]
 
 
 def test_create_pairs_routes_items_to_key_buckets_and_counts_rows():
@@ -157,8 +169,8 @@ def test_write_shards_writes_arrow_files_atomically(tmp_path, vocab_file):
 
 
 def test_split_is_by_document_hash_and_near_the_fraction():
-    ids = range(20_000)
-    val = sum(split_of(i, 0.1) == "validation" for i in ids)
-    assert abs(val - 2000) < 4 * np.sqrt(20_000 * 0.09)
-    assert [split_of(i, 0.1) for i in range(50)] == [split_of(i, 0.1) for i in range(50)]
-    assert all(split_of(i, 0.0) == "train" for i in range(100))
+    ids = np.arange(20_000, dtype=np.uint64)
+    val = in_validation(ids, 0.1)
+    assert abs(int(val.sum()) - 2000) < 4 * np.sqrt(20_000 * 0.09)
+    assert np.array_equal(in_validation(ids[:50], 0.1), val[:50])
+    assert not in_validation(ids, 0.0).any()

@@ -1,13 +1,15 @@
 """Our tokenizers-based WordPiece gives the ids of Google's reference tokenizer."""
 
+import numpy as np
 import pytest
 
 from bench.reference_bert import ReferenceTokenizer
 from preprocess.tokenization import (
+    SentenceEncoder,
     TokenizerSpec,
     VocabError,
     build_tokenizer,
-    encode_sentences,
+    splits_at_spaces,
     vocab_info,
 )
 
@@ -30,10 +32,24 @@ def tokenizers_pair(vocab_file):
     return build_tokenizer(spec), ReferenceTokenizer(vocab_file, do_lower_case=True)
 
 
+def encode_each(tok, texts):
+    """Ids of each text as the pipeline computes them: memoised, in batches of 500."""
+    encoder = SentenceEncoder(tok)
+    out = []
+    for i in range(0, len(texts), 500):
+        ids, lengths = encoder.encode(texts[i : i + 500])
+        out += np.split(ids, np.cumsum(lengths)[:-1])
+    return out
+
+
+def direct(tok, text):
+    return tok.encode(text, add_special_tokens=False).ids
+
+
 def test_ids_match_reference_on_real_text(tokenizers_pair, corpus_docs):
     ours, ref = tokenizers_pair
     lines = [line for doc in corpus_docs for line in doc]
-    got = encode_sentences(ours, lines)
+    got = encode_each(ours, lines)
     mismatches = [(line, g.tolist(), ref.ids(ref.tokenize(line))) for line, g in zip(lines, got)
                   if g.tolist() != ref.ids(ref.tokenize(line))]
     assert len(lines) > 3000
@@ -43,14 +59,14 @@ def test_ids_match_reference_on_real_text(tokenizers_pair, corpus_docs):
 @pytest.mark.parametrize("text", HARD)
 def test_ids_match_reference_on_hard_cases(tokenizers_pair, text):
     ours, ref = tokenizers_pair
-    assert encode_sentences(ours, [text])[0].tolist() == ref.ids(ref.tokenize(text))
+    assert encode_each(ours, [text])[0].tolist() == ref.ids(ref.tokenize(text))
 
 
 def test_cased_vocab_keeps_case_and_accents(vocab_file):
     ours = build_tokenizer(TokenizerSpec(vocab_file, lower_case=False))
     ref = ReferenceTokenizer(vocab_file, do_lower_case=False)
     for text in HARD:
-        assert encode_sentences(ours, [text])[0].tolist() == ref.ids(ref.tokenize(text))
+        assert encode_each(ours, [text])[0].tolist() == ref.ids(ref.tokenize(text))
 
 
 def test_vocab_without_special_tokens_is_rejected(tmp_path):
@@ -79,4 +95,51 @@ def test_tokenizer_json_is_accepted(vocab_file, tmp_path):
     tok.save(str(path))
     again = build_tokenizer(TokenizerSpec(str(path)))
     text = "Round trip through tokenizer.json keeps ids."
-    assert encode_sentences(again, [text])[0].tolist() == encode_sentences(tok, [text])[0].tolist()
+    assert direct(again, text) == direct(tok, text)
+
+
+FUZZ_CHARS = list("aeiouxyzAEZ  ..,;:!?'\"()[]{}<>#$%&*+-/=@\\^_`|~019") + [
+    "\t", "\n", "\r", "\x00", "\x07", "\x0b", "\x0c", "\x1c", "\x85", "\xa0", "\u2028", "\u3000", "\u200b",
+    "\ufffd", "\u0301", "\u0308", "é", "Å", "ﬁ", "İ", "Σ", "ς", "中", "文", "の", "«", "»", "—", "…", "\U0001f600", "\ue000",
+]
+
+
+@pytest.mark.parametrize("lower_case", [True, False])
+def test_memoised_encoding_equals_encoding_each_text_whole(vocab_file, lower_case):
+    tok = build_tokenizer(TokenizerSpec(vocab_file, lower_case=lower_case))
+    assert splits_at_spaces(tok)
+    r = np.random.default_rng(5)
+    texts = ["".join(r.choice(FUZZ_CHARS, size=r.integers(1, 40))) for _ in range(3000)]
+    texts += ["x" * 199 + "!", "y" * 201, "a.b" * 90, "  lead and trail  ", "[MASK] [CLS]x"]
+    got = encode_each(tok, texts)
+    assert [g.tolist() for g in got] == [direct(tok, t) for t in texts]
+
+
+def test_memo_serves_repeats_and_is_bounded(vocab_file):
+    tok = build_tokenizer(TokenizerSpec(vocab_file))
+    texts = ["The value is returned.", "The value is kept, (not) returned!"]
+    encoder = SentenceEncoder(tok)
+    first = encoder.encode(texts)
+    entries = len(encoder.chunks.index)
+    assert entries == 7 and len(encoder.pieces.index) == 12  # "returned." -> "returned", ".", ""
+    again = encoder.encode(texts[::-1] + texts)
+    assert len(encoder.chunks.index) == entries  # nothing new was encoded
+    assert again[0].tolist() == np.concatenate([first[0][first[1][0]:], first[0][:first[1][0]], first[0]]).tolist()
+    small = SentenceEncoder(tok, max_entries=3)
+    for _ in range(3):
+        ids, lengths = small.encode(texts)
+        assert ids.tolist() == first[0].tolist() and lengths.tolist() == first[1].tolist()
+        assert len(small.chunks.index) <= 7
+
+
+def test_tokenizer_with_added_tokens_is_encoded_whole(vocab_file, tmp_path):
+    tok = build_tokenizer(TokenizerSpec(vocab_file))
+    tok.add_special_tokens(["[MASK]", "new token"])
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    loaded = build_tokenizer(TokenizerSpec(str(path)))
+    assert not splits_at_spaces(loaded)
+    texts = ["a new token here [MASK].", "plain text"]
+    ids, lengths = SentenceEncoder(loaded).encode(texts)
+    assert np.split(ids, np.cumsum(lengths)[:-1])[0].tolist() == direct(loaded, texts[0])
+    assert ids.tolist() == direct(loaded, texts[0]) + direct(loaded, texts[1])
