@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from itertools import chain, repeat
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from preprocess.masking import MaskVocab
@@ -167,7 +168,7 @@ def splits_at_spaces(tok: Tokenizer) -> bool:
     return not tok.get_added_tokens_decoder()
 
 
-ASCII_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # BERT splits around each of these
+ASCII_PUNCTUATION = r"([!-/:-@\[-`{-~])"  # BERT splits around each of these
 
 
 class _Memo:
@@ -196,15 +197,31 @@ class _Memo:
         return gather_ranges(self.ids, self.starts[entry], lengths), lengths
 
 
-def _memoised(memo: _Memo, texts: list[str], encode) -> tuple[np.ndarray, np.ndarray]:
-    """``memo.gather`` of ``texts`` after ``encode``-ing (-> ids, lengths) and adding those missing."""
-    entry = memo.entries(texts)
+def _memoised(memo: _Memo, texts: pa.Array, encode) -> tuple[np.ndarray, np.ndarray]:
+    """``memo.gather`` of ``texts``, ``encode``-ing (-> ids, lengths) and adding those not in it.
+
+    Arrow finds the batch's distinct texts (in C++); only those are looked up in Python.
+    """
+    coded = texts.dictionary_encode()
+    distinct = coded.dictionary.to_pylist()
+    entry = memo.entries(distinct)
     absent = np.flatnonzero(entry < 0)
     if len(absent):
-        new = list(dict.fromkeys(texts[i] for i in absent.tolist()))
-        memo.add(new, *encode(new))
-        entry[absent] = memo.entries([texts[i] for i in absent.tolist()])
-    return memo.gather(entry)
+        new = [distinct[i] for i in absent.tolist()]
+        memo.add(new, *encode(coded.dictionary.take(pa.array(absent)), new))
+        entry[absent] = memo.entries(new)
+    return memo.gather(entry[coded.indices.to_numpy(zero_copy_only=False)])
+
+
+def _split(texts: pa.Array, separator: str) -> tuple[pa.Array, np.ndarray]:
+    """All parts of all texts split at ``separator``, back to back; each text's part count."""
+    parts = pc.split_pattern(texts, pattern=separator)
+    return pc.list_flatten(parts), pc.list_value_length(parts).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _per_group(lengths: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Sums of consecutive groups of ``lengths``, ``counts[i]`` in group i (none 0)."""
+    return np.add.reduceat(lengths, np.cumsum(counts) - counts) if len(counts) else lengths[:0]
 
 
 class SentenceEncoder:
@@ -241,20 +258,19 @@ class SentenceEncoder:
             lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
             ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int32, count=int(lengths.sum()))
             return ids, lengths
-        chunks = " ".join(sentences).split(" ")
-        per_sentence = np.fromiter((s.count(" ") + 1 for s in sentences), dtype=np.int64, count=len(sentences))
         if len(self.chunks.index) > self.max_entries or len(self.pieces.index) > self.max_entries:
             self.clear()
+        chunks, per_sentence = _split(pa.array(sentences, type=pa.string()), " ")
         ids, lengths = _memoised(self.chunks, chunks, self._encode_chunks)
-        return ids, np.add.reduceat(lengths, np.cumsum(per_sentence) - per_sentence)
+        return ids, _per_group(lengths, per_sentence)
 
-    def _encode_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        split = [ASCII_PUNCTUATION.split(c) for c in chunks]
-        per_chunk = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
-        ids, lengths = _memoised(self.pieces, list(chain.from_iterable(split)), self._encode_words)
-        return ids, np.add.reduceat(lengths, np.cumsum(per_chunk) - per_chunk)
+    def _encode_chunks(self, chunks: pa.Array, _: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        spaced = pc.replace_substring_regex(chunks, pattern=ASCII_PUNCTUATION, replacement=r" \1 ")
+        pieces, per_chunk = _split(spaced, " ")
+        ids, lengths = _memoised(self.pieces, pieces, self._encode_words)
+        return ids, _per_group(lengths, per_chunk)
 
-    def _encode_words(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_words(self, _: pa.Array, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
         groups = [words[i : i + self.GROUP] for i in range(0, len(words), self.GROUP)]
         encodings = self.tok.encode_batch(groups, is_pretokenized=True, add_special_tokens=False)  # _fast: no word ids
         lengths = np.concatenate([
