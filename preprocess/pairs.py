@@ -23,7 +23,9 @@ documents' pairs at once into packed blocks (:mod:`preprocess.packed`).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import numpy as np
 
@@ -85,39 +87,32 @@ def plan_document(
     target = params.max_num_tokens
     if draw() < params.short_seq_prob:
         target = 2 + int(draw() * (params.max_num_tokens - 1))
-    starts = [0]
-    for n in lengths:
-        starts.append(starts[-1] + n)
-
+    starts = list(accumulate(lengths, initial=0))
     n = len(lengths)
     first = 0  # first sentence of the current chunk
-    length = 0
     index = 0
     requests = 0
-    i = 0
-    while i < n:
-        length += lengths[i]
-        if i == n - 1 or length >= target:
-            size = i - first + 1
-            is_random_next = draw() < 0.5
-            a_end = first + (1 + int(draw() * (size - 1)) if size >= 2 else 1)  # sentence index after A
-            if is_random_next:
-                a_len = starts[a_end] - starts[first]
-                plan.requests.append((pass_index, index, starts[first], starts[a_end], max(1, target - a_len)))
-                plan.donors.append((pass_index, requests))
-                requests += 1
-                i = a_end - 1  # put the unused sentences back
-            elif size >= 2:
-                plan.pairs.append((pass_index, index, starts[first], starts[a_end], starts[a_end], starts[i + 1]))
-            elif lengths[first] >= 2:
-                cut = starts[first] + 1 + int(draw() * (lengths[first] - 1))
-                plan.pairs.append((pass_index, index, starts[first], cut, cut, starts[first + 1]))
-            else:
-                plan.unpairable += 1
-            index += 1
-            first = i + 1
-            length = 0
-        i += 1
+    while first < n:
+        # the chunk ends at the first sentence that brings it to the target, or the document's end
+        i = bisect_left(starts, starts[first] + target, first + 1, n) - 1
+        size = i - first + 1
+        is_random_next = draw() < 0.5
+        a_end = first + (1 + int(draw() * (size - 1)) if size >= 2 else 1)  # sentence index after A
+        if is_random_next:
+            a_len = starts[a_end] - starts[first]
+            plan.requests.append((pass_index, index, starts[first], starts[a_end], max(1, target - a_len)))
+            plan.donors.append((pass_index, requests))
+            requests += 1
+            i = a_end - 1  # put the unused sentences back
+        elif size >= 2:
+            plan.pairs.append((pass_index, index, starts[first], starts[a_end], starts[a_end], starts[i + 1]))
+        elif lengths[first] >= 2:
+            cut = starts[first] + 1 + int(draw() * (lengths[first] - 1))
+            plan.pairs.append((pass_index, index, starts[first], cut, cut, starts[first + 1]))
+        else:
+            plan.unpairable += 1
+        index += 1
+        first = i + 1
     return plan
 
 
