@@ -79,24 +79,22 @@ def mask_batch(
     """
     rows = len(offsets) - 1
     lengths = np.diff(offsets)
-    row_of = np.repeat(np.arange(rows), lengths)
-    pos = np.arange(len(tokens)) - np.repeat(offsets[:-1], lengths)
-    candidate = (pos != 0) & (pos != np.repeat(b_starts - 1, lengths)) & (pos != np.repeat(lengths - 1, lengths))
     budget = num_to_predict(lengths, params)
-    # Random order of positions within a row; the low 16 bits hold the position so
-    # that no two positions of a row tie.
-    order = rng.position_hash(keys, rng.PURPOSE_MASK_ORDER, row_of, pos)
-    order = (order & ~np.uint64(0xFFFF)) | pos.astype(np.uint64)
-
     if params.whole_word_mask:
-        chosen = _choose_whole_words(tokens, offsets, candidate, budget, order, vocab)
+        row_of = np.repeat(np.arange(rows), lengths)
+        pos = np.arange(len(tokens)) - np.repeat(offsets[:-1], lengths)
+        candidate = (pos != 0) & (pos != np.repeat(b_starts - 1, lengths)) & (pos != np.repeat(lengths - 1, lengths))
+        # Random order of positions within a row; the low 16 bits hold the position so
+        # that no two positions of a row tie.
+        order = rng.position_hash(keys, rng.PURPOSE_MASK_ORDER, row_of, pos)
+        order = (order & ~np.uint64(0xFFFF)) | pos.astype(np.uint64)
+        idx = np.flatnonzero(_choose_whole_words(tokens, offsets, candidate, budget, order, vocab))
+        r, p = row_of[idx], pos[idx]  # ascending: rows in order, positions sorted within rows
     else:
-        chosen = _choose_tokens(row_of, pos, candidate, budget, order, rows, int(lengths.max(initial=0)))
-
-    idx = np.flatnonzero(chosen)  # ascending: rows in order, positions sorted within rows
-    labels = tokens[idx].copy()
+        r, p = _choose_tokens(keys, lengths, b_starts, budget)
+        idx = offsets[:-1][r] + p
+    labels = tokens[idx]
     masked = tokens.copy()
-    r, p = row_of[idx], pos[idx]
     # One 64-bit hash per chosen position, three independent draws from its bits:
     # 24 bits for the action, 1 for keep-vs-random, 32 for the random token.
     h = rng.position_hash(keys, rng.PURPOSE_MASK_ACTION, r, p)
@@ -119,23 +117,34 @@ def mask_batch(
     )
 
 
-def _choose_tokens(row_of, pos, candidate, budget, order, rows: int, width: int) -> np.ndarray:
-    """The ``budget`` candidates of each row with the smallest order hashes.
+def _choose_tokens(keys, lengths, b_starts, budget) -> tuple[np.ndarray, np.ndarray]:
+    """``budget[r]`` distinct random candidate positions of each row r, sorted.
 
-    Rows are laid out in a (rows, width) matrix and the per-row threshold found with
-    ``np.partition``: linear time, no global sort.
+    A partial Fisher-Yates shuffle of each row's candidate indices, all rows at once:
+    step j swaps place j with a keyed-random place in [j, candidates). Only the chosen
+    places are drawn, not one hash per token. Returns (row, position) pairs, rows
+    ascending and positions ascending within a row.
     """
+    rows = len(lengths)
     kmax = int(budget.max(initial=0))
     if kmax == 0:
-        return np.zeros(len(pos), dtype=bool)
-    top = np.iinfo(np.uint64).max
-    grid = np.full((rows, width), top, dtype=np.uint64)
-    grid[row_of, pos] = np.where(candidate, order, top)
-    smallest = np.partition(grid, kmax - 1, axis=1)[:, :kmax]
-    smallest.sort(axis=1)
-    threshold = smallest[np.arange(rows), np.maximum(budget, 1) - 1]
-    threshold[budget == 0] = 0
-    return candidate & (order <= threshold[row_of]) & (budget[row_of] > 0)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    n = lengths - 3  # candidates: every place but [CLS] and the two [SEP]s
+    places = np.tile(np.arange(int(n.max()), dtype=np.int64), (rows, 1))
+    every = np.arange(rows)
+    base = rng.mix(keys, rng.PURPOSE_MASK_ORDER)
+    for j in range(kmax):
+        u = rng.uniform(rng.mix(base, j))
+        pick = j + (u * np.maximum(n - j, 1)).astype(np.int64)
+        at_j = places[:, j].copy()
+        places[:, j] = places[every, pick]
+        places[every, pick] = at_j
+    chosen = places[:, :kmax] + 1  # candidate c is place c + 1, or c + 2 from B's [SEP] - 1 on
+    chosen += chosen >= (b_starts - 1)[:, None]
+    chosen[np.arange(kmax)[None, :] >= budget[:, None]] = np.iinfo(np.int64).max
+    chosen.sort(axis=1)
+    keep = np.arange(kmax)[None, :] < budget[:, None]
+    return np.repeat(every, budget), chosen[keep]
 
 
 def _choose_whole_words(tokens, offsets, candidate, budget, order, vocab) -> np.ndarray:

@@ -72,7 +72,7 @@ def frame_pairs(pairs: PairBlock, cls_id: int, sep_id: int) -> tuple[np.ndarray,
     la, lb = pairs.a.lengths, pairs.b.lengths
     offsets = offsets_of(la + lb + 3)
     starts = offsets[:-1]
-    tokens = np.empty(int(offsets[-1]), dtype=np.int64)
+    tokens = np.empty(int(offsets[-1]), dtype=np.result_type(pairs.a.values.dtype, np.min_scalar_type(sep_id)))
     tokens[starts] = cls_id
     tokens[starts + la + 1] = sep_id
     tokens[offsets[1:] - 1] = sep_id
