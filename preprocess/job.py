@@ -21,6 +21,7 @@ from preprocess.config import ConfigError, PreprocessConfig
 from preprocess.documents import MAX_FILES
 from preprocess.manifest import MANIFEST_NAME
 from preprocess.pipeline import build_pipeline
+from preprocess.shards import remove_parts
 from preprocess.tokenization import (
     TokenizerSpec,
     VocabError,
@@ -88,6 +89,7 @@ def prepare_output(output: str) -> None:
     manifest = FileSystems.join(output, MANIFEST_NAME)
     if FileSystems.exists(manifest):
         FileSystems.delete([manifest])
+    remove_parts(output)
     for split in ("train", "validation"):
         pattern = FileSystems.join(output, split, "shard-*.arrow*")
         stale = [m.path for m in FileSystems.match([pattern])[0].metadata_list]

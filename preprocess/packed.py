@@ -30,21 +30,37 @@ def offsets_of(lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-@dataclass
 class Ragged:
-    """Rows of different lengths: row i is ``values[offsets[i]:offsets[i + 1]]``."""
+    """Rows of different lengths: row i is ``buffer[starts[i] : starts[i] + lengths[i]]``.
 
-    values: np.ndarray
-    offsets: np.ndarray
+    Selecting rows (:meth:`take`) and trimming them (:meth:`window`) touch only the row
+    table: the tokens stay where they are until they are needed packed, which happens
+    once, when the rows are pickled for a shuffle (only the rows are written, back to
+    back) or framed into sequences. ``Ragged(values, offsets)`` builds packed rows.
+    """
+
+    __slots__ = ("buffer", "starts", "lengths")
+
+    def __init__(self, values: np.ndarray, offsets: np.ndarray):
+        offsets = np.asarray(offsets, dtype=np.int64)
+        self.buffer = values
+        self.starts = offsets[:-1]
+        self.lengths = np.diff(offsets)
+
+    @classmethod
+    def over(cls, buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> Ragged:
+        """Rows that are ranges of ``buffer``, in place."""
+        r = cls.__new__(cls)
+        r.buffer = buffer
+        r.starts = np.asarray(starts, dtype=np.int64)
+        r.lengths = np.asarray(lengths, dtype=np.int64)
+        return r
+
+    from_ranges = over
 
     @classmethod
     def empty(cls, dtype=np.int32) -> Ragged:
         return cls(np.zeros(0, dtype=dtype), np.zeros(1, dtype=np.int64))
-
-    @classmethod
-    def from_ranges(cls, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> Ragged:
-        lengths = np.asarray(lengths, dtype=np.int64)
-        return cls(gather_ranges(flat, starts, lengths), offsets_of(lengths))
 
     @classmethod
     def concat(cls, parts: list[Ragged]) -> Ragged:
@@ -52,26 +68,45 @@ class Ragged:
             return cls.empty()
         if len(parts) == 1:
             return parts[0]
-        values = np.concatenate([p.values for p in parts])
-        return cls(values, offsets_of(np.concatenate([p.lengths for p in parts])))
+        if all(p.buffer is parts[0].buffer for p in parts):
+            return cls.over(parts[0].buffer, np.concatenate([p.starts for p in parts]),
+                            np.concatenate([p.lengths for p in parts]))
+        return cls(np.concatenate([p.values for p in parts]), offsets_of(np.concatenate([p.lengths for p in parts])))
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return len(self.starts)
+
+    def __reduce__(self):
+        return Ragged, (self.values, self.offsets)
 
     @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+    def packed(self) -> bool:
+        """Whether the rows lie back to back from the buffer's start."""
+        return len(self) == 0 or (
+            self.starts[0] == 0 and bool(np.array_equal(self.starts[1:], np.cumsum(self.lengths[:-1])))
+        )
+
+    @property
+    def values(self) -> np.ndarray:
+        """All rows back to back."""
+        if self.packed:
+            return self.buffer[: int(self.lengths.sum())]
+        return gather_ranges(self.buffer, self.starts, self.lengths)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return offsets_of(self.lengths)
 
     def row(self, i: int) -> np.ndarray:
-        return self.values[self.offsets[i] : self.offsets[i + 1]]
+        return self.buffer[self.starts[i] : self.starts[i] + self.lengths[i]]
 
     def take(self, idx: np.ndarray) -> Ragged:
         idx = np.asarray(idx, dtype=np.int64)
-        return Ragged.from_ranges(self.values, self.offsets[idx], self.lengths[idx])
+        return Ragged.over(self.buffer, self.starts[idx], self.lengths[idx])
 
     def window(self, cut_front: np.ndarray, cut_back: np.ndarray) -> Ragged:
         """Each row without ``cut_front[i]`` leading and ``cut_back[i]`` trailing values."""
-        return Ragged.from_ranges(self.values, self.offsets[:-1] + cut_front, self.lengths - cut_front - cut_back)
+        return Ragged.over(self.buffer, self.starts + cut_front, self.lengths - cut_front - cut_back)
 
 
 class _Columns:

@@ -30,7 +30,15 @@ from itertools import accumulate
 import numpy as np
 
 from preprocess import rng
-from preprocess.packed import DocumentBatch, DonorBlock, PairBlock, Ragged, RequestBlock, offsets_of
+from preprocess.packed import (
+    DocumentBatch,
+    DonorBlock,
+    PairBlock,
+    Ragged,
+    RequestBlock,
+    gather_ranges,
+    offsets_of,
+)
 
 
 @dataclass(frozen=True)
@@ -172,8 +180,7 @@ def plan_blocks(
         doc_end = first_start[k] + n
         stop = np.searchsorted(starts, starts[lo] + max_num_tokens, side="left")
         stop = np.clip(stop, lo + 1, doc_end)
-        ends = Ragged.from_ranges(starts, lo + 1, stop - lo)
-        ends.values = ends.values - np.repeat(starts[lo], stop - lo)
+        ends = Ragged(gather_ranges(starts, lo + 1, stop - lo) - np.repeat(starts[lo], stop - lo), offsets_of(stop - lo))
         donors = DonorBlock(
             key=keys, doc=doc_ids[k],
             tokens=Ragged.from_ranges(flat, starts[lo], starts[stop] - starts[lo]),
@@ -225,7 +232,7 @@ def resolve_random_next(requests: RequestBlock, donors: DonorBlock) -> tuple[Pai
         key=requests.key[ok], doc_a=requests.doc[ok], doc_b=donors.doc[d],
         random_next=np.ones(len(ok), dtype=np.int8),
         a=requests.a.take(ok),
-        b=Ragged.from_ranges(donors.tokens.values, donors.tokens.offsets[d], b_len),
+        b=Ragged.over(donors.tokens.buffer, donors.tokens.starts[d], b_len),
     )
     return pairs, int(len(requests) - len(ok))
 

@@ -24,9 +24,11 @@ from __future__ import annotations
 import os
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsDict, AsList, TaggedOutput
@@ -53,6 +55,8 @@ from preprocess.shards import (
     build_rows,
     checksum,
     encode_shard,
+    part_name,
+    remove_parts,
     schema,
     shard_name,
     write_atomically,
@@ -262,8 +266,9 @@ ROWS_PER_BUILD = 16384  # bounds the masking scratch memory per call
 
 
 class _ResolveAndMaskFn(beam.DoFn):
-    def __init__(self, split: str, spec: RowSpec, max_num_tokens: int, num_shards: int):
-        self.split, self.spec, self.max_num_tokens, self.num_shards = split, spec, max_num_tokens, num_shards
+    def __init__(self, output: str, split: str, spec: RowSpec, max_num_tokens: int, num_shards: int):
+        self.output, self.split, self.spec = output, split, spec
+        self.max_num_tokens, self.num_shards = max_num_tokens, num_shards
 
     def process(self, element, counts: dict):
         bucket, groups = element
@@ -276,29 +281,54 @@ class _ResolveAndMaskFn(beam.DoFn):
         stats = {"random_next_unresolved": unresolved, "tokens_truncated": truncated}
         _increment(stats)
         if len(pairs):
-            pairs = pairs.take(np.argsort(pairs.key, kind="stable"))
+            order = np.argsort(pairs.key, kind="stable")
             total = sum(counts.values())
             shards = min(self.num_shards, total)
             first = sum(c for b, c in counts.items() if b < bucket)
+            home: list[tuple[int, pa.RecordBatch]] = []
             for lo in range(0, len(pairs), ROWS_PER_BUILD):
-                chunk = pairs.take(np.arange(lo, min(lo + ROWS_PER_BUILD, len(pairs))))
+                chunk = pairs.take(order[lo : lo + ROWS_PER_BUILD])
                 batch, row_stats = build_rows(chunk, self.spec)
                 stats = add_stats(stats, row_stats)
                 positions = first + lo + np.arange(len(chunk))
                 shard_of = positions * shards // total
                 for s in np.unique(shard_of).tolist():
                     idx = np.flatnonzero(shard_of == s)
-                    # take() copies: a slice would drag (and pickle) the whole batch's buffers
-                    yield (int(s), shards), (int(positions[idx[0]]), batch.take(idx))
+                    piece = (int(positions[idx[0]]), batch if len(idx) == len(batch) else batch.take(idx))
+                    if s == bucket:
+                        home.append(piece)
+                    else:  # take() copies: a slice would drag (and pickle) the whole batch's buffers
+                        yield (int(s), shards), piece
+            if home:
+                yield (bucket, shards), (home[0][0], self._park(bucket, shards, [b for _, b in home]))
         yield TaggedOutput(STATS, (self.split, stats))
+
+    def _park(self, shard: int, shards: int, batches: list[pa.RecordBatch]) -> ParkedRows:
+        path = FileSystems.join(self.output, part_name(self.split, shard, shards))
+        write_atomically(path, encode_shard(batches, batches[0].schema))
+        return ParkedRows(path, sum(b.num_rows for b in batches))
+
+
+@dataclass(frozen=True)
+class ParkedRows:
+    """Rows a bucket keeps for the shard of the same number, left in a file for its writer.
+
+    Shard s holds the rows at global positions [s*N/S, (s+1)*N/S), and bucket s holds
+    nearly the same rows: only those near the ends belong to a neighbouring shard. So
+    a bucket ships just those through the shuffle and parks the rest, which the writer
+    of shard s reads back, instead of moving the whole dataset a second time.
+    """
+
+    path: str
+    rows: int
 
 
 class MaskInstances(beam.PTransform):
-    """Resolve random-next B segments, truncate, mask; -> ((shard, shards), (position, rows))."""
+    """Resolve random-next B segments, truncate, mask; -> ((shard, shards), (position, rows or ParkedRows))."""
 
-    def __init__(self, split: str, spec: RowSpec, max_num_tokens: int, num_shards: int, counts):
+    def __init__(self, output: str, split: str, spec: RowSpec, max_num_tokens: int, num_shards: int, counts):
         super().__init__()
-        self.args = (split, spec, max_num_tokens, num_shards)
+        self.args = (output, split, spec, max_num_tokens, num_shards)
         self.counts = counts
 
     def expand(self, items):
@@ -321,7 +351,7 @@ class _WriteShardFn(beam.DoFn):
         pieces = sorted(pieces, key=lambda x: x[0])
         meta = {**self.metadata, "split": self.split, "shard": str(shard), "shards": str(shards)}
         sch = schema(np.dtype(self.token_dtype), meta)
-        batches = [b.replace_schema_metadata(sch.metadata) for _, b in pieces]
+        batches = [b.replace_schema_metadata(sch.metadata) for _, rows in pieces for b in _batches_of(rows)]
         data = encode_shard(batches, sch)
         rel = shard_name(self.split, shard, shards)
         write_atomically(FileSystems.join(self.output, rel), data)
@@ -329,6 +359,16 @@ class _WriteShardFn(beam.DoFn):
         tokens = sum(len(b.column(0).flatten()) for b in batches)
         Metrics.counter(NAMESPACE, "shards_written").inc()
         yield ShardInfo(rel, rows, tokens, len(data), checksum(data))
+
+
+def _batches_of(rows: pa.RecordBatch | ParkedRows) -> list[pa.RecordBatch]:
+    if isinstance(rows, pa.RecordBatch):
+        return [rows]
+    with FileSystems.open(rows.path) as f:
+        table = pa.ipc.open_file(pa.py_buffer(f.read())).read_all()
+    if table.num_rows != rows.rows:
+        raise OSError(f"{rows.path}: {table.num_rows} rows, {rows.rows} written")
+    return table.to_batches()
 
 
 class WriteShards(beam.PTransform):
@@ -353,6 +393,7 @@ class _WriteManifestFn(beam.DoFn):
         manifest = build_manifest(
             self.header["config"], self.header["vocab"], self.header["inputs"], stats.get("documents", {}), splits
         )
+        remove_parts(self.output)
         write_atomically(FileSystems.join(self.output, MANIFEST_NAME), dumps(manifest))
         yield manifest
 
@@ -411,7 +452,7 @@ def build_pipeline(
         )
         bucket_counts = counts | f"CountRows[{split}]" >> beam.CombinePerKey(sum)
         rows, mask_stats = items | f"Mask[{split}]" >> MaskInstances(
-            split, row_spec, cfg.pairing.max_num_tokens, shards, bucket_counts
+            cfg.output, split, row_spec, cfg.pairing.max_num_tokens, shards, bucket_counts
         )
         all_shards.append(rows | f"Write[{split}]" >> WriteShards(cfg.output, split, vocab.token_dtype.name, metadata))
         all_stats += [pair_stats, mask_stats]

@@ -72,12 +72,17 @@ def frame_pairs(pairs: PairBlock, cls_id: int, sep_id: int) -> tuple[np.ndarray,
     la, lb = pairs.a.lengths, pairs.b.lengths
     offsets = offsets_of(la + lb + 3)
     starts = offsets[:-1]
-    tokens = np.empty(int(offsets[-1]), dtype=np.result_type(pairs.a.values.dtype, np.min_scalar_type(sep_id)))
+    dtype = np.result_type(pairs.a.buffer.dtype, np.min_scalar_type(sep_id))
+    tokens = np.empty(int(offsets[-1]), dtype=dtype)
     tokens[starts] = cls_id
     tokens[starts + la + 1] = sep_id
     tokens[offsets[1:] - 1] = sep_id
-    tokens[np.repeat(starts + 1 - pairs.a.offsets[:-1], la) + np.arange(len(pairs.a.values))] = pairs.a.values
-    tokens[np.repeat(starts + la + 2 - pairs.b.offsets[:-1], lb) + np.arange(len(pairs.b.values))] = pairs.b.values
+    for side, first in ((pairs.a, starts + 1), (pairs.b, starts + la + 2)):
+        n = int(side.lengths.sum())
+        if n:  # one pass: each token read from its source range and written to its place
+            step = np.repeat(side.starts - first, side.lengths)
+            at = np.arange(n) + np.repeat(first - offsets_of(side.lengths)[:-1], side.lengths)
+            tokens[at] = side.buffer[at + step]
     return tokens, offsets, la + 2
 
 
@@ -146,6 +151,21 @@ def write_atomically(path: str, data: bytes) -> None:
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])
+
+
+PARTS_DIR = ".parts"  # rows parked between masking and shard writing; removed before the manifest
+
+
+def part_name(split: str, index: int, count: int) -> str:
+    return f"{PARTS_DIR}/{split}-{index:05d}-of-{count:05d}.arrow"
+
+
+def remove_parts(output: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    parts = FileSystems.join(output, PARTS_DIR)
+    if FileSystems.exists(parts):
+        FileSystems.delete([parts])
 
 
 def shard_name(split: str, index: int, count: int) -> str:

@@ -122,14 +122,22 @@ def _row_spec(vocab_file, seq=32):
                    info.mask_vocab())
 
 
-def test_mask_instances_resolves_random_next_and_balances_shards(vocab_file):
+def _rows_of(piece):
+    """A piece of a shard: rows, or rows parked in a file for the shard's writer."""
+    if isinstance(piece, pa.RecordBatch):
+        return pa.Table.from_batches([piece])
+    return pa.ipc.open_file(piece.path).read_all()
+
+
+def test_mask_instances_resolves_random_next_and_balances_shards(vocab_file, tmp_path):
     params = PairingParams(max_seq_length=32, short_seq_prob=0.0)
     spec = _row_spec(vocab_file)
     with TestPipeline() as p:
         items, _, counts = p | beam.Create(_docs()) | CreatePairs("train", params, 2, 7, 3)
         rows, _ = items | MaskInstances(
-            "train", spec, params.max_num_tokens, 3, counts | "SumCounts" >> beam.CombinePerKey(sum))
-        per_shard = rows | beam.Map(lambda e: (e[0][0], e[1][1].num_rows)) | "SumRows" >> beam.CombinePerKey(sum)
+            str(tmp_path), "train", spec, params.max_num_tokens, 3, counts | "SumCounts" >> beam.CombinePerKey(sum))
+        tables = rows | beam.Map(lambda e: (e[0][0], _rows_of(e[1][1])))
+        per_shard = tables | beam.Map(lambda e: (e[0], e[1].num_rows)) | "SumRows" >> beam.CombinePerKey(sum)
 
         def balanced(counts_):
             sizes = sorted(c for _, c in counts_)
@@ -139,12 +147,14 @@ def test_mask_instances_resolves_random_next_and_balances_shards(vocab_file):
         assert_that(per_shard | beam.combiners.ToList() | beam.Map(balanced), equal_to([True]), label="balance")
 
         def negatives_ok(e):
-            t = e[1][1]
+            t = e[1]
             nsp = t.column("next_sentence_label").to_numpy()
             a, b = t.column("doc_id_a").to_numpy(), t.column("doc_id_b").to_numpy()
             return bool(np.all((a != b) == (nsp == 1)))
 
-        assert_that(rows | beam.Map(negatives_ok) | beam.Filter(lambda ok: not ok), equal_to([]), label="nsp")
+        assert_that(tables | beam.Map(negatives_ok) | beam.Filter(lambda ok: not ok), equal_to([]), label="nsp")
+        parked = rows | beam.Filter(lambda e: not isinstance(e[1][1], pa.RecordBatch)) | beam.combiners.Count.Globally()
+        assert_that(parked, equal_to([3]), label="parked")  # every bucket keeps most rows for its shard
 
 
 def test_write_shards_writes_arrow_files_atomically(tmp_path, vocab_file):
