@@ -22,6 +22,8 @@ gathers each shard's rows for writing.
 from __future__ import annotations
 
 import os
+import pickle
+import uuid
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsDict, AsList, TaggedOutput
@@ -50,6 +53,7 @@ from preprocess.sentences import split_sentences
 from preprocess.shards import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    PARTS_DIR,
     RowSpec,
     ShardInfo,
     build_rows,
@@ -210,9 +214,34 @@ def bucket_of(keys: np.ndarray, buckets: int) -> np.ndarray:
     return ((keys >> np.uint64(32)) * np.uint64(buckets)) >> np.uint64(32)
 
 
+@dataclass(frozen=True)
+class SpilledBlocks:
+    """One bucket's pairs, requests and donors from one batch of documents, in a file.
+
+    The tokens between pairing and masking travel through files beside the output
+    (as a distributed runner's shuffle does), and the GroupByKey moves only these
+    references: Beam's local runner would otherwise pass every token through its
+    controlling process, which costs more than the pairing itself.
+    """
+
+    path: str
+    offset: int
+    size: int
+
+    def load(self) -> tuple[PairBlock, RequestBlock, DonorBlock]:
+        with FileSystems.open(self.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.seek(self.offset)
+            data = f.read(self.size)
+        if len(data) != self.size:
+            raise OSError(f"{self.path}: {len(data)} bytes at {self.offset}, {self.size} written")
+        return pickle.loads(data)
+
+
 class _PairFn(beam.DoFn):
-    def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int):
+    def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int,
+                 spill_dir: str | None):
         self.split, self.params, self.dupe_factor, self.seed, self.buckets = split, params, dupe_factor, seed, buckets
+        self.spill_dir = spill_dir
 
     def process(self, docs: DocumentBatch):
         stats: Counter = Counter(documents=len(docs))
@@ -229,14 +258,28 @@ class _PairFn(beam.DoFn):
         by_bucket = [
             _split_by_bucket(block, self.buckets) for block in (pairs, requests, donors)
         ]
+        items = []
         for bucket in sorted(set().union(*by_bucket)):
             p = by_bucket[0].get(bucket, PairBlock.empty())
             q = by_bucket[1].get(bucket, RequestBlock.empty())
             d = by_bucket[2].get(bucket, DonorBlock.empty())
             if len(p) or len(q):
                 yield TaggedOutput("counts", (bucket, len(p) + len(q)))
-            yield bucket, (p, q, d)
+            items.append((bucket, (p, q, d)))
+        yield from self._spill(items) if self.spill_dir else items
         yield _count(stats, self.split)
+
+    def _spill(self, items: list) -> list[tuple[int, SpilledBlocks]]:
+        # A name of its own per attempt: a retried bundle never overwrites what another read.
+        path = FileSystems.join(self.spill_dir, f"{self.split}-{uuid.uuid4().hex}.blocks")
+        refs, offset = [], 0
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            for bucket, blocks in items:
+                data = pickle.dumps(blocks, protocol=pickle.HIGHEST_PROTOCOL)
+                f.write(data)
+                refs.append((bucket, SpilledBlocks(path, offset, len(data))))
+                offset += len(data)
+        return refs
 
 
 def _split_by_bucket(block, buckets: int) -> dict:
@@ -251,11 +294,15 @@ def _split_by_bucket(block, buckets: int) -> dict:
 
 
 class CreatePairs(beam.PTransform):
-    """DocumentBatch -> (bucket, (pairs, requests, donors)); row counts per bucket."""
+    """DocumentBatch -> (bucket, (pairs, requests, donors)); row counts per bucket.
 
-    def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int):
+    With ``spill_dir`` the blocks are written there and (bucket, SpilledBlocks) emitted.
+    """
+
+    def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int,
+                 spill_dir: str | None = None):
         super().__init__()
-        self.args = (split, params, dupe_factor, seed, buckets)
+        self.args = (split, params, dupe_factor, seed, buckets, spill_dir)
 
     def expand(self, docs):
         return docs | "Plan" >> beam.ParDo(_PairFn(*self.args)).with_outputs(STATS, "counts", main="items")
@@ -272,7 +319,7 @@ class _ResolveAndMaskFn(beam.DoFn):
 
     def process(self, element, counts: dict):
         bucket, groups = element
-        groups = list(groups)
+        groups = [g.load() if isinstance(g, SpilledBlocks) else g for g in groups]
         resolved, unresolved = resolve_random_next(
             RequestBlock.concat([g[1] for g in groups]), DonorBlock.concat([g[2] for g in groups])
         )
@@ -448,7 +495,7 @@ def build_pipeline(
     all_shards = []
     for split, shards in shard_counts.items():
         items, pair_stats, counts = tokenized[split] | f"Pair[{split}]" >> CreatePairs(
-            split, cfg.pairing, cfg.dupe_factor, cfg.seed, shards
+            split, cfg.pairing, cfg.dupe_factor, cfg.seed, shards, FileSystems.join(cfg.output, PARTS_DIR)
         )
         bucket_counts = counts | f"CountRows[{split}]" >> beam.CombinePerKey(sum)
         rows, mask_stats = items | f"Mask[{split}]" >> MaskInstances(

@@ -5,6 +5,7 @@ import gzip
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.pvalue import TaggedOutput
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -113,6 +114,26 @@ def test_create_pairs_routes_items_to_key_buckets_and_counts_rows():
                   | beam.Map(lambda kv: kv[1]["items"] == kv[1]["counts"]))
         assert_that(joined | beam.combiners.Count.Globally(), equal_to([4]), label="buckets")
         assert_that(joined | beam.Filter(lambda ok: not ok), equal_to([]), label="consistent")
+
+
+def test_pairing_can_spill_blocks_to_files(tmp_path):
+    from preprocess.pipeline import SpilledBlocks, _PairFn
+
+    params = PairingParams(max_seq_length=32, short_seq_prob=0.0)
+    batch = _docs()[0]
+
+    def items(spill_dir):
+        fn = _PairFn("train", params, 2, 7, 4, spill_dir)
+        return [e for e in fn.process(batch) if not isinstance(e, TaggedOutput)]
+
+    inline, spilled = items(None), items(str(tmp_path / "spill"))
+    assert [b for b, _ in inline] == [b for b, _ in spilled] == [0, 1, 2, 3]
+    assert all(isinstance(ref, SpilledBlocks) for _, ref in spilled)
+    assert len({ref.path for _, ref in spilled}) == 1  # one file per batch, a range per bucket
+    for (_, blocks), (_, ref) in zip(inline, spilled):
+        for a, b in zip(blocks, ref.load()):
+            assert np.array_equal(a.key, b.key)
+    assert np.array_equal(inline[1][1][0].a.values, spilled[1][1].load()[0].a.values)
 
 
 def _row_spec(vocab_file, seq=32):
