@@ -130,21 +130,23 @@ def _choose_tokens(keys, lengths, b_starts, budget) -> tuple[np.ndarray, np.ndar
     if kmax == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     n = lengths - 3  # candidates: every place but [CLS] and the two [SEP]s
-    places = np.tile(np.arange(int(n.max()), dtype=np.int64), (rows, 1))
-    every = np.arange(rows)
+    width = int(n.max())
+    places = np.tile(np.arange(width, dtype=np.int16), rows)  # row r's places at [r * width, (r + 1) * width)
+    row_start = np.arange(rows, dtype=np.int64) * width
+    room = np.maximum(n, 1).astype(np.float64)
     base = rng.mix(keys, rng.PURPOSE_MASK_ORDER)
     for j in range(kmax):
         u = rng.uniform(rng.mix(base, j))
-        pick = j + (u * np.maximum(n - j, 1)).astype(np.int64)
-        at_j = places[:, j].copy()
-        places[:, j] = places[every, pick]
-        places[every, pick] = at_j
-    chosen = places[:, :kmax] + 1  # candidate c is place c + 1, or c + 2 from B's [SEP] - 1 on
+        here = row_start + j
+        there = row_start + j + (u * np.maximum(room - j, 1.0)).astype(np.int64)
+        places[here], places[there] = places[there], places[here]
+    chosen = places.reshape(rows, width)[:, :kmax].astype(np.int64) + 1
+    # candidate c is place c + 1, or c + 2 from B's [SEP] - 1 on
     chosen += chosen >= (b_starts - 1)[:, None]
     chosen[np.arange(kmax)[None, :] >= budget[:, None]] = np.iinfo(np.int64).max
     chosen.sort(axis=1)
     keep = np.arange(kmax)[None, :] < budget[:, None]
-    return np.repeat(every, budget), chosen[keep]
+    return np.repeat(np.arange(rows), budget), chosen[keep]
 
 
 def _choose_whole_words(tokens, offsets, candidate, budget, order, vocab) -> np.ndarray:
