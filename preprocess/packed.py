@@ -77,7 +77,10 @@ class Ragged:
         return len(self.starts)
 
     def __reduce__(self):
-        return Ragged, (self.values, self.offsets)
+        offsets = self.offsets
+        if offsets[-1] < 2**31:
+            offsets = offsets.astype(np.int32)  # half the bytes in the shuffle; widened on load
+        return Ragged, (self.values, offsets)
 
     @property
     def packed(self) -> bool:
@@ -156,13 +159,13 @@ class RequestBlock(_Columns):
 
     key: np.ndarray
     doc: np.ndarray
-    target_b: np.ndarray  # (n,) int64
+    target_b: np.ndarray  # (n,) int32
     a: Ragged
 
     @classmethod
     def empty(cls) -> RequestBlock:
         z = np.zeros(0, dtype=np.uint64)
-        return cls(z, z, np.zeros(0, dtype=np.int64), Ragged.empty())
+        return cls(z, z, np.zeros(0, dtype=np.int32), Ragged.empty())
 
 
 @dataclass
@@ -177,7 +180,7 @@ class DonorBlock(_Columns):
     @classmethod
     def empty(cls) -> DonorBlock:
         z = np.zeros(0, dtype=np.uint64)
-        return cls(z, z, Ragged.empty(), Ragged.empty(np.int64))
+        return cls(z, z, Ragged.empty(), Ragged.empty(np.int32))
 
 
 @dataclass

@@ -163,7 +163,7 @@ def plan_blocks(
     if len(q):
         k = q[:, 0]
         requests = RequestBlock(
-            key=instance_keys(seed, doc_ids[k], q[:, 1], q[:, 2]), doc=doc_ids[k], target_b=q[:, 5],
+            key=instance_keys(seed, doc_ids[k], q[:, 1], q[:, 2]), doc=doc_ids[k], target_b=q[:, 5].astype(np.int32),
             a=Ragged.from_ranges(flat, base[k] + q[:, 3], q[:, 4] - q[:, 3]),
         )
     else:
@@ -180,7 +180,8 @@ def plan_blocks(
         doc_end = first_start[k] + n
         stop = np.searchsorted(starts, starts[lo] + max_num_tokens, side="left")
         stop = np.clip(stop, lo + 1, doc_end)
-        ends = Ragged(gather_ranges(starts, lo + 1, stop - lo) - np.repeat(starts[lo], stop - lo), offsets_of(stop - lo))
+        ends = gather_ranges(starts, lo + 1, stop - lo) - np.repeat(starts[lo], stop - lo)
+        ends = Ragged(ends.astype(np.int32), offsets_of(stop - lo))  # a donor's length fits easily
         donors = DonorBlock(
             key=keys, doc=doc_ids[k],
             tokens=Ragged.from_ranges(flat, starts[lo], starts[stop] - starts[lo]),

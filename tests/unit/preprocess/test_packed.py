@@ -31,3 +31,18 @@ def test_block_take_and_concat_keep_rows_aligned():
     assert sub.a.row(0).tolist() == [30, 31, 32, 33]
     both = PairBlock.concat([sub, PairBlock.empty(), block.take(np.array([0]))])
     assert both.key.tolist() == [3, 1, 0] and both.b.row(2).tolist() == [0]
+
+
+def test_selected_rows_stay_in_place_and_pickle_packed():
+    import pickle
+
+    buffer = np.arange(100_000, dtype=np.int32)
+    r = Ragged.over(buffer, np.array([10, 500, 90_000]), np.array([3, 2, 4]))
+    t = r.take(np.array([2, 0])).window(np.array([1, 0]), np.array([0, 1]))
+    assert t.buffer is buffer  # no copy yet
+    assert [t.row(i).tolist() for i in range(2)] == [[90_001, 90_002, 90_003], [10, 11]]
+    data = pickle.dumps(t)
+    assert len(data) < 1_000  # only the 5 selected values travel, not the buffer
+    back = pickle.loads(data)
+    assert back.values.tolist() == [90_001, 90_002, 90_003, 10, 11] and back.lengths.tolist() == [3, 2]
+    assert back.packed and not t.packed
