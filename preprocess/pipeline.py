@@ -17,6 +17,12 @@ and offsetting by the row counts of earlier buckets (a side input) gives every r
 its global position, and shard ``s`` of ``S`` takes positions
 ``[s*N/S, (s+1)*N/S)``: shards differ by at most one row. A second ``GroupByKey``
 gathers each shard's rows for writing.
+
+The tokens themselves do not travel through either ``GroupByKey``: pairing writes
+its blocks to files under ``--output/.parts/`` and shuffles references
+(:class:`SpilledBlocks`), and since bucket ``s`` holds nearly the rows of shard
+``s``, masking parks those in a file (:class:`ParkedRows`) and shuffles only the
+rows near its ends. ``.parts/`` is removed before the manifest is written.
 """
 
 from __future__ import annotations
