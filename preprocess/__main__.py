@@ -6,13 +6,17 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    command = argv is None  # run as the program, not called by other code
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "inspect":
         from preprocess.report import main as inspect_main
 
         return inspect_main(argv[1:])
     from preprocess.job import main as job_main
+    from preprocess.job import not_in_ipython
 
+    if command:
+        not_in_ipython()
     return job_main(argv)
 
 

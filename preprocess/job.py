@@ -148,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     from preprocess.config import parse_args
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    not_in_ipython()
     try:
         cfg, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
         manifest = run(cfg, beam_args)
