@@ -24,6 +24,11 @@ def gather_ranges(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
     return flat[idx]
 
 
+def group_sums(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Sums of consecutive groups of ``values``, ``counts[i]`` of them in group i (none 0)."""
+    return np.add.reduceat(values, offsets_of(counts)[:-1]) if len(counts) else values[:0]
+
+
 def offsets_of(lengths: np.ndarray) -> np.ndarray:
     out = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=out[1:])
@@ -55,8 +60,6 @@ class Ragged:
         r.starts = np.asarray(starts, dtype=np.int64)
         r.lengths = np.asarray(lengths, dtype=np.int64)
         return r
-
-    from_ranges = over
 
     @classmethod
     def empty(cls, dtype=np.int32) -> Ragged:
@@ -202,9 +205,7 @@ class DocumentBatch:
     @property
     def sizes(self) -> np.ndarray:
         """Tokens per document."""
-        if len(self) == 0:
-            return np.zeros(0, dtype=np.int64)
-        return np.add.reduceat(self.lengths, offsets_of(self.sentences)[:-1])
+        return group_sums(self.lengths, self.sentences)
 
     def take(self, idx: np.ndarray) -> DocumentBatch:
         idx = np.asarray(idx, dtype=np.int64)

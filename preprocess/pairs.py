@@ -138,11 +138,7 @@ def plan_blocks(
     counts = docs.sentences
     first_start = offsets_of(counts + 1)[:-1]  # index of each document's first start
     # sentence starts of all documents, each document's n + 1 entries side by side
-    doc_of = np.repeat(np.arange(len(docs)), counts + 1)
-    within = np.arange(len(doc_of)) - first_start[doc_of]  # 0..n for each document
-    cum = offsets_of(docs.lengths)  # global sentence boundaries; document d's starts at sentence offset
-    sentence_offset = offsets_of(counts)[:-1]
-    starts = cum[sentence_offset[doc_of] + within]
+    starts = gather_ranges(offsets_of(docs.lengths), offsets_of(counts)[:-1], counts + 1)
 
     def table(rows: list, width: int) -> np.ndarray:
         return np.array(rows, dtype=np.int64).reshape(-1, width)
@@ -153,8 +149,8 @@ def plan_blocks(
         pairs = PairBlock(
             key=instance_keys(seed, doc_ids[k], p[:, 1], p[:, 2]), doc_a=doc_ids[k], doc_b=doc_ids[k],
             random_next=np.zeros(len(p), dtype=np.int8),
-            a=Ragged.from_ranges(flat, off + p[:, 3], p[:, 4] - p[:, 3]),
-            b=Ragged.from_ranges(flat, off + p[:, 5], p[:, 6] - p[:, 5]),
+            a=Ragged.over(flat, off + p[:, 3], p[:, 4] - p[:, 3]),
+            b=Ragged.over(flat, off + p[:, 5], p[:, 6] - p[:, 5]),
         )
     else:
         pairs = PairBlock.empty()
@@ -164,7 +160,7 @@ def plan_blocks(
         k = q[:, 0]
         requests = RequestBlock(
             key=instance_keys(seed, doc_ids[k], q[:, 1], q[:, 2]), doc=doc_ids[k], target_b=q[:, 5].astype(np.int32),
-            a=Ragged.from_ranges(flat, base[k] + q[:, 3], q[:, 4] - q[:, 3]),
+            a=Ragged.over(flat, base[k] + q[:, 3], q[:, 4] - q[:, 3]),
         )
     else:
         requests = RequestBlock.empty()
@@ -184,7 +180,7 @@ def plan_blocks(
         ends = Ragged(ends.astype(np.int32), offsets_of(stop - lo))  # a donor's length fits easily
         donors = DonorBlock(
             key=keys, doc=doc_ids[k],
-            tokens=Ragged.from_ranges(flat, starts[lo], starts[stop] - starts[lo]),
+            tokens=Ragged.over(flat, starts[lo], starts[stop] - starts[lo]),
             sentence_ends=ends,
         )
     else:

@@ -375,6 +375,13 @@ class ParkedRows:
     path: str
     rows: int
 
+    def load(self) -> list[pa.RecordBatch]:
+        with FileSystems.open(self.path) as f:
+            table = pa.ipc.open_file(pa.py_buffer(f.read())).read_all()
+        if table.num_rows != self.rows:
+            raise OSError(f"{self.path}: {table.num_rows} rows, {self.rows} written")
+        return table.to_batches()
+
 
 class MaskInstances(beam.PTransform):
     """Resolve random-next B segments, truncate, mask; -> ((shard, shards), (position, rows or ParkedRows))."""
@@ -404,7 +411,8 @@ class _WriteShardFn(beam.DoFn):
         pieces = sorted(pieces, key=lambda x: x[0])
         meta = {**self.metadata, "split": self.split, "shard": str(shard), "shards": str(shards)}
         sch = schema(np.dtype(self.token_dtype), meta)
-        batches = [b.replace_schema_metadata(sch.metadata) for _, rows in pieces for b in _batches_of(rows)]
+        batches = [b.replace_schema_metadata(sch.metadata) for _, rows in pieces
+                   for b in ([rows] if isinstance(rows, pa.RecordBatch) else rows.load())]
         data = encode_shard(batches, sch)
         rel = shard_name(self.split, shard, shards)
         write_atomically(FileSystems.join(self.output, rel), data)
@@ -412,16 +420,6 @@ class _WriteShardFn(beam.DoFn):
         tokens = sum(len(b.column(0).flatten()) for b in batches)
         Metrics.counter(NAMESPACE, "shards_written").inc()
         yield ShardInfo(rel, rows, tokens, len(data), checksum(data))
-
-
-def _batches_of(rows: pa.RecordBatch | ParkedRows) -> list[pa.RecordBatch]:
-    if isinstance(rows, pa.RecordBatch):
-        return [rows]
-    with FileSystems.open(rows.path) as f:
-        table = pa.ipc.open_file(pa.py_buffer(f.read())).read_all()
-    if table.num_rows != rows.rows:
-        raise OSError(f"{rows.path}: {table.num_rows} rows, {rows.rows} written")
-    return table.to_batches()
 
 
 class WriteShards(beam.PTransform):

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from preprocess.masking import MaskVocab
-from preprocess.packed import gather_ranges
+from preprocess.packed import gather_ranges, group_sums
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MAX_INPUT_CHARS_PER_WORD = 200  # Google's WordpieceTokenizer default
@@ -198,7 +198,7 @@ class _Memo:
 
 
 def _memoised(memo: _Memo, texts: pa.Array, encode) -> tuple[np.ndarray, np.ndarray]:
-    """``memo.gather`` of ``texts``, ``encode``-ing (-> ids, lengths) and adding those not in it.
+    """``memo.gather`` of ``texts``, ``encode``-ing (Arrow strings -> ids, lengths) and adding those not in it.
 
     Arrow finds the batch's distinct texts (in C++); only those are looked up in Python.
     """
@@ -208,7 +208,7 @@ def _memoised(memo: _Memo, texts: pa.Array, encode) -> tuple[np.ndarray, np.ndar
     absent = np.flatnonzero(entry < 0)
     if len(absent):
         new = [distinct[i] for i in absent.tolist()]
-        memo.add(new, *encode(coded.dictionary.take(pa.array(absent)), new))
+        memo.add(new, *encode(coded.dictionary.take(pa.array(absent))))
         entry[absent] = memo.entries(new)
     return memo.gather(entry[coded.indices.to_numpy(zero_copy_only=False)])
 
@@ -217,11 +217,6 @@ def _split(texts: pa.Array, separator: str) -> tuple[pa.Array, np.ndarray]:
     """All parts of all texts split at ``separator``, back to back; each text's part count."""
     parts = pc.split_pattern(texts, pattern=separator)
     return pc.list_flatten(parts), pc.list_value_length(parts).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def _per_group(lengths: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Sums of consecutive groups of ``lengths``, ``counts[i]`` in group i (none 0)."""
-    return np.add.reduceat(lengths, np.cumsum(counts) - counts) if len(counts) else lengths[:0]
 
 
 class SentenceEncoder:
@@ -262,15 +257,16 @@ class SentenceEncoder:
             self.clear()
         chunks, per_sentence = _split(pa.array(sentences, type=pa.string()), " ")
         ids, lengths = _memoised(self.chunks, chunks, self._encode_chunks)
-        return ids, _per_group(lengths, per_sentence)
+        return ids, group_sums(lengths, per_sentence)
 
-    def _encode_chunks(self, chunks: pa.Array, _: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_chunks(self, chunks: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         spaced = pc.replace_substring_regex(chunks, pattern=ASCII_PUNCTUATION, replacement=r" \1 ")
         pieces, per_chunk = _split(spaced, " ")
         ids, lengths = _memoised(self.pieces, pieces, self._encode_words)
-        return ids, _per_group(lengths, per_chunk)
+        return ids, group_sums(lengths, per_chunk)
 
-    def _encode_words(self, _: pa.Array, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_words(self, pieces: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        words = pieces.to_pylist()
         groups = [words[i : i + self.GROUP] for i in range(0, len(words), self.GROUP)]
         encodings = self.tok.encode_batch(groups, is_pretokenized=True, add_special_tokens=False)  # _fast: no word ids
         lengths = np.concatenate([

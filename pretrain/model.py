@@ -139,10 +139,16 @@ class BertSelfAttention(nn.Module):
         return unpad(y, info) if info is not None else y
 
 
-class BertSelfOutput(nn.Module):
-    def __init__(self, c: BertConfig):
+class BertOutput(nn.Module):
+    """Project a sub-layer's output back to the hidden size, then dropout, residual, LayerNorm.
+
+    Both the attention block (``attention.output``) and the feed-forward block (``output``)
+    end with it; only the input width differs.
+    """
+
+    def __init__(self, c: BertConfig, in_features: int):
         super().__init__()
-        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.dense = nn.Linear(in_features, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
@@ -154,7 +160,7 @@ class BertAttention(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()
         self.self = BertSelfAttention(c)
-        self.output = BertSelfOutput(c)
+        self.output = BertOutput(c, c.hidden_size)
 
     def forward(self, x, mask, info):
         return self.output(self.self(x, mask, info), x)
@@ -169,23 +175,12 @@ class BertIntermediate(nn.Module):
         return F.gelu(self.dense(x))
 
 
-class BertOutput(nn.Module):
-    def __init__(self, c: BertConfig):
-        super().__init__()
-        self.dense = nn.Linear(c.intermediate_size, c.hidden_size)
-        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
-
-    def forward(self, y, x):
-        return self.LayerNorm(self.dropout(self.dense(y)) + x)
-
-
 class BertLayer(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()
         self.attention = BertAttention(c)
         self.intermediate = BertIntermediate(c)
-        self.output = BertOutput(c)
+        self.output = BertOutput(c, c.intermediate_size)
 
     def forward(self, x, mask, info):
         a = self.attention(x, mask, info)

@@ -12,7 +12,7 @@ def test_gather_ranges_equals_concatenated_slices():
 
 
 def test_ragged_take_window_and_concat():
-    r = Ragged.from_ranges(np.arange(20), np.array([0, 10, 4]), np.array([4, 6, 2]))
+    r = Ragged.over(np.arange(20), np.array([0, 10, 4]), np.array([4, 6, 2]))
     assert [r.row(i).tolist() for i in range(3)] == [[0, 1, 2, 3], [10, 11, 12, 13, 14, 15], [4, 5]]
     t = r.take(np.array([2, 0]))
     assert [t.row(i).tolist() for i in range(2)] == [[4, 5], [0, 1, 2, 3]]
@@ -24,7 +24,7 @@ def test_ragged_take_window_and_concat():
 
 def test_block_take_and_concat_keep_rows_aligned():
     ids = np.arange(4, dtype=np.uint64)
-    a = Ragged.from_ranges(np.arange(40), np.arange(4) * 10, np.array([1, 2, 3, 4]))
+    a = Ragged.over(np.arange(40), np.arange(4) * 10, np.array([1, 2, 3, 4]))
     block = PairBlock(ids, ids + 100, ids + 200, np.array([0, 1, 0, 1], dtype=np.int8), a, a)
     sub = block.take(np.array([3, 1]))
     assert sub.key.tolist() == [3, 1] and sub.doc_b.tolist() == [203, 201]
