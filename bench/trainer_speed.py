@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from pretrain.run_dir import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,7 +47,7 @@ def main() -> None:
         "optim.warmup_steps=1", f"logging.every_steps={warm}", "eval.every_steps=0", "logging.wandb=disabled",
         "checkpoint.every_steps=100000", "data.num_workers=2",
     ], cwd=ROOT, env=env, check=True, capture_output=True)
-    records = [json.loads(line) for line in open(work / "run" / "metrics.jsonl")]
+    records = [json.loads(line) for line in open(RunDir(work / "run").metrics)]
     steady = [r["samples_per_s"] for r in records if r["step"] > warm]
     trainer = sum(steady) / len(steady)
 
@@ -55,7 +57,7 @@ def main() -> None:
 
     data = PretrainingDataset(str(data_dir))
     torch.manual_seed(0)
-    model = build_model(BertConfig.for_dataset(args.size, data.manifest))
+    model = build_model(BertConfig.for_dataset(args.size, data.info))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     plan = BatchPlan(len(data), args.micro_batch, args.micro_batch, 1, 0, 1234)
     loader = iter(make_loader(data, plan, 0, num_workers=2))

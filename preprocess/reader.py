@@ -11,7 +11,6 @@ entries, not RAM, and every worker process shares the page cache.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -19,33 +18,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from preprocess.dataset import DatasetError, DatasetInfo
 from preprocess.manifest import MANIFEST_NAME
-from preprocess.shards import FORMAT_NAME, FORMAT_VERSION
+from preprocess.shards import ShardInfo
 
-
-class DatasetError(ValueError):
-    """The dataset directory is incomplete, corrupt or does not fit what was expected."""
-
-
-def load_manifest(path: str) -> dict[str, Any]:
-    file = os.path.join(path, MANIFEST_NAME)
-    if not os.path.exists(file):
-        raise DatasetError(
-            f"{file}: no manifest. The directory is not a finished dataset "
-            "(the job writes manifest.json last); run or re-run `python -m preprocess`."
-        )
-    try:
-        with open(file, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except ValueError as e:
-        raise DatasetError(f"{file}: not valid JSON ({e})") from e
-    if manifest.get("format") != FORMAT_NAME:
-        raise DatasetError(f"{file}: format {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(
-            f"{file}: format version {manifest.get('format_version')}, this reader reads {FORMAT_VERSION}"
-        )
-    return manifest
+__all__ = ["DatasetError", "PretrainingDataset", "original_ids"]
 
 
 @dataclass
@@ -80,12 +57,13 @@ def _views(batch: pa.RecordBatch) -> _Batch:
 
 
 class PretrainingDataset:
-    """Rows of one split, by global index in ``[0, len(self))``.
+    """Rows of one split, by global index in ``[0, len(self))``; ``.info`` is the dataset's
+    :class:`~preprocess.dataset.DatasetInfo`.
 
     ``verify``: "size" (default) checks each shard's size, schema and row count;
     "checksum" also hashes every byte; "none" trusts the manifest.
     ``expect_vocab_fingerprint`` / ``expect_max_seq_length``: fail unless the data
-    was made with that vocabulary / sequence length (the trainer passes its own).
+    was made with that vocabulary / sequence length (the trainer passes its run's).
     """
 
     def __init__(
@@ -98,39 +76,35 @@ class PretrainingDataset:
     ):
         if verify not in ("none", "size", "checksum"):
             raise ValueError(f"verify={verify!r}: use none, size or checksum")
-        self.path = path
-        self.manifest = load_manifest(path)
+        self.info = DatasetInfo.load(path)
+        self.split = self.info.split(split).name
         where = os.path.join(path, MANIFEST_NAME)
-        if split not in self.manifest["splits"]:
-            raise DatasetError(f"{where}: no split {split!r} (has {', '.join(self.manifest['splits'])})")
-        self.split = split
-        self.vocab = self.manifest["vocab"]
-        self.config = self.manifest["config"]
-        if expect_vocab_fingerprint and expect_vocab_fingerprint != self.vocab["fingerprint"]:
+        self.info.check_vocab(expect_vocab_fingerprint, "the run")
+        if expect_max_seq_length and expect_max_seq_length < self.info.max_seq_length:
             raise DatasetError(
-                f"{where}: made with vocabulary {self.vocab['fingerprint']}, expected {expect_vocab_fingerprint}"
-            )
-        if expect_max_seq_length and expect_max_seq_length < self.config["max_seq_length"]:
-            raise DatasetError(
-                f"{where}: sequences up to {self.config['max_seq_length']} tokens, "
+                f"{where}: sequences up to {self.info.max_seq_length} tokens, "
                 f"longer than the expected maximum {expect_max_seq_length}"
             )
         self._batches: list[_Batch] = []
         self._files = []
-        for shard in self.manifest["splits"][split]["shards"]:
+        for shard in self.info.split(split).shards:
             self._batches += self._open_shard(shard, verify)
         counts = np.array([b.rows for b in self._batches], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
 
-    def _open_shard(self, shard: dict, verify: str) -> list[_Batch]:
-        file = os.path.join(self.path, shard["path"])
+    @property
+    def path(self) -> str:
+        return self.info.path
+
+    def _open_shard(self, shard: ShardInfo, verify: str) -> list[_Batch]:
+        file = os.path.join(self.path, shard.path)
         if not os.path.exists(file):
             raise DatasetError(f"{file}: listed in the manifest but missing")
         if verify != "none":
             size = os.path.getsize(file)
-            if size != shard["bytes"]:
+            if size != shard.bytes:
                 raise DatasetError(
-                    f"{file}: {size} bytes, the manifest says {shard['bytes']}: truncated or replaced; "
+                    f"{file}: {size} bytes, the manifest says {shard.bytes}: truncated or replaced; "
                     "copy it again or re-run preprocessing"
                 )
         if verify == "checksum":
@@ -138,7 +112,7 @@ class PretrainingDataset:
             with open(file, "rb") as f:
                 for block in iter(lambda: f.read(1 << 22), b""):
                     h.update(block)
-            if h.hexdigest() != shard["sha256"]:
+            if h.hexdigest() != shard.sha256:
                 raise DatasetError(f"{file}: sha256 does not match the manifest: corrupt copy")
         try:
             source = pa.memory_map(file)
@@ -146,15 +120,15 @@ class PretrainingDataset:
         except (pa.ArrowInvalid, OSError) as e:
             raise DatasetError(f"{file}: not a readable Arrow IPC file ({e})") from e
         meta = {k.decode(): v.decode() for k, v in (reader.schema.metadata or {}).items()}
-        if meta.get("vocab_fingerprint") != self.vocab["fingerprint"]:
+        if meta.get("vocab_fingerprint") != self.info.vocab_fingerprint:
             raise DatasetError(
                 f"{file}: made with vocabulary {meta.get('vocab_fingerprint')}, "
-                f"the manifest's is {self.vocab['fingerprint']}: shard from another dataset"
+                f"the manifest's is {self.info.vocab_fingerprint}: shard from another dataset"
             )
         batches = [_views(reader.get_batch(i)) for i in range(reader.num_record_batches)]
         rows = sum(b.rows for b in batches)
-        if rows != shard["rows"]:
-            raise DatasetError(f"{file}: {rows} rows, the manifest says {shard['rows']}")
+        if rows != shard.rows:
+            raise DatasetError(f"{file}: {rows} rows, the manifest says {shard.rows}")
         self._files.append(source)
         return batches
 

@@ -10,19 +10,6 @@ from preprocess.documents import document_source
 from preprocess.reader import DatasetError, PretrainingDataset
 
 
-def load_tokens(path: str, vocab: dict) -> list[str]:
-    file = os.path.join(path, vocab["file"])
-    if vocab["file"].endswith(".json"):
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(file)
-        return [tok.id_to_token(i) or "" for i in range(vocab["size"])]
-    from preprocess.tokenization import vocab_lines
-
-    with open(file, encoding="utf-8") as f:
-        return vocab_lines(f.read())[: vocab["size"]]
-
-
 def render_row(row: dict, tokens: list[str], inputs: list[str]) -> str:
     """A row as text, A and B on their own lines; a masked position shows as
     ``shown/label`` (``shown/=`` when the token was left unchanged)."""
@@ -57,13 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    m = ds.manifest
-    split = m["splits"][args.split]
-    st = split["stats"]
-    print(f"{args.path}: split {args.split}, {split['rows']:,} rows, {split['tokens']:,} tokens, "
-          f"{len(split['shards'])} shards (verified: {args.verify})")
-    print(f"vocab {m['vocab']['file']} size {m['vocab']['size']} fingerprint {m['vocab']['fingerprint']}")
-    cfg = m["config"]
+    info = ds.info
+    split = info.split(args.split)
+    st = split.stats
+    print(f"{args.path}: split {args.split}, {split.rows:,} rows, {split.tokens:,} tokens, "
+          f"{len(split.shards)} shards (verified: {args.verify})")
+    print(f"vocab {os.path.basename(info.vocab_file)} size {info.vocab_size} fingerprint {info.vocab_fingerprint}")
+    cfg = info.options
     print(f"max_seq_length {cfg['max_seq_length']}, dupe_factor {cfg['dupe_factor']}, seed {cfg['seed']}, "
           f"masked_lm_prob {cfg['masked_lm_prob']}, max_predictions {cfg['max_predictions_per_seq']}, "
           f"whole_word_mask {cfg['whole_word_mask']}")
@@ -74,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     step = max(1, len(hist) // 8)
     buckets = [f"{i}-{min(i + step, len(hist)) - 1}:{sum(hist[i:i + step])}" for i in range(0, len(hist), step)]
     print("length histogram: " + " ".join(buckets))
-    print("documents: " + ", ".join(f"{k} {v}" for k, v in m["documents"].items()))
-    tokens = load_tokens(args.path, m["vocab"])
+    print("documents: " + ", ".join(f"{k} {v}" for k, v in info.documents.items()))
+    tokens = info.tokens()
     for i in range(min(args.samples, len(ds))):
         print(f"row {i}:")
-        print(render_row(ds[i], tokens, m["inputs"]))
+        print(render_row(ds[i], tokens, list(info.inputs)))
     return 0
 
 

@@ -47,11 +47,8 @@ class TokenizerSpec:
 
 def read_vocab_text(path: str) -> list[str]:
     """Tokens of a ``vocab.txt``, one per line, in id order (Beam filesystems paths)."""
-    from apache_beam.io.filesystems import FileSystems
-
     try:
-        with FileSystems.open(path) as f:
-            raw = f.read()
+        raw = read_bytes(path)
     except Exception as e:  # noqa: BLE001 - any filesystem error is reported the same way
         raise VocabError(f"cannot read vocabulary {path}: {e}") from e
     try:
@@ -59,6 +56,18 @@ def read_vocab_text(path: str) -> list[str]:
     except UnicodeDecodeError as e:
         raise VocabError(f"vocabulary {path} is not UTF-8 (byte {e.start})") from e
     return vocab_lines(text)
+
+
+def read_bytes(path: str) -> bytes:
+    """A file's bytes through Beam's filesystems (gs://, s3://, ...); plain ``open`` for a local
+    path where Beam is not installed (a training node needs no Beam)."""
+    try:
+        from apache_beam.io.filesystems import FileSystems
+    except ImportError:
+        with open(path, "rb") as f:
+            return f.read()
+    with FileSystems.open(path) as f:
+        return f.read()
 
 
 def vocab_lines(text: str) -> list[str]:
@@ -72,11 +81,8 @@ def vocab_lines(text: str) -> list[str]:
 def build_tokenizer(spec: TokenizerSpec) -> Tokenizer:
     """The ``tokenizers`` pipeline for ``spec``; raises :class:`VocabError` on bad input."""
     if spec.is_json:
-        from apache_beam.io.filesystems import FileSystems
-
         try:
-            with FileSystems.open(spec.path) as f:
-                tok = Tokenizer.from_str(f.read().decode("utf-8"))
+            tok = Tokenizer.from_str(read_bytes(spec.path).decode("utf-8"))
         except Exception as e:  # noqa: BLE001
             raise VocabError(f"cannot load tokenizer {spec.path}: {e}") from e
     else:
@@ -274,6 +280,12 @@ class SentenceEncoder:
         ])
         ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int32, count=int(lengths.sum()))
         return ids, lengths
+
+
+def vocab_file_fingerprint(path: str, lower_case: bool = True) -> str:
+    """The fingerprint a dataset made with this vocabulary file records (see :func:`vocab_info`)."""
+    spec = TokenizerSpec(path, lower_case)
+    return vocab_info(build_tokenizer(spec), spec).fingerprint
 
 
 def save_vocab_copy(spec: TokenizerSpec, out_dir: str) -> str:

@@ -13,8 +13,12 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 log = logging.getLogger("pretrain")
 MARKER = "COMPLETE"
@@ -39,7 +43,7 @@ class CheckpointManager:
                 log.warning("checkpoint %s has no %s marker (interrupted save): ignored", d, MARKER)
         return found
 
-    def save(self, engine, state: dict) -> Path:
+    def save(self, engine: DeepSpeedEngine, state: dict) -> Path:
         tag = self.tag(state["step"])
         engine.save_checkpoint(str(self.root), tag=tag, client_state={"trainer": state})
         dist.barrier()
@@ -51,7 +55,7 @@ class CheckpointManager:
         dist.barrier()
         return path
 
-    def load_latest(self, engine) -> dict | None:
+    def load_latest(self, engine: DeepSpeedEngine) -> dict | None:
         """Restore the newest complete checkpoint into ``engine``; its training state, or None."""
         done = self.complete()
         if not done:

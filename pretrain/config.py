@@ -11,10 +11,13 @@ The resolved configuration is written into the run directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if TYPE_CHECKING:
+    from preprocess.dataset import DatasetInfo
 
 
 class ConfigError(ValueError):
@@ -46,7 +49,7 @@ class DataSection(_Section):
 
 
 class OptimSection(_Section):
-    name: Literal["adamw", "lamb"] = "adamw"  # lamb: pretrain.lamb, correct under every ZeRO stage
+    name: Literal["adamw", "lamb"] = "adamw"  # lamb: pretrain.optim, correct under every ZeRO stage
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -134,7 +137,10 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(paths: str | list[str], overrides: list[str] | None = None) -> TrainConfig:
-    """YAML files merged in order (a recipe, then e.g. configs/deepspeed/zero3.yaml), then overrides."""
+    """YAML files merged in order (a recipe, then e.g. configs/deepspeed/zero3.yaml), then overrides.
+
+    A field that fails validation is blamed on the override that set it, else on the files.
+    """
     paths = [paths] if isinstance(paths, str) else paths
     raw: dict[str, Any] = {}
     for path in paths:
@@ -144,18 +150,26 @@ def load_config(paths: str | list[str], overrides: list[str] | None = None) -> T
             raise ConfigError(f"config {path}: {e.strerror}") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"config {path}: not valid YAML ({e})") from e
-    path = " + ".join(paths)
-    raw = apply_overrides(raw, overrides or [])
+    overrides = overrides or []
+    raw = apply_overrides(raw, overrides)
+    by_key = {item.split("=", 1)[0].strip(): item for item in overrides}
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        problems = "\n  ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        raise ConfigError(f"config {path}:\n  {problems}") from None
+        problems = []
+        for err in e.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if not field:  # a check across fields: its message names them
+                problems.append(msg)
+                continue
+            source = next((f"override {by_key[k]}" for k in by_key if field == k or field.startswith(k + ".")),
+                          f"config {' + '.join(paths)}")
+            problems.append(f"{source}: {field}: {msg}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
 
 
-def check_against(cfg: TrainConfig, manifest: dict[str, Any], world_size: int, on_gpu: bool = True) -> None:
+def check_against(cfg: TrainConfig, data: DatasetInfo, world_size: int, on_gpu: bool = True) -> None:
     """Checks that need the data, the world and the device: batch arithmetic, splits, precision."""
     problems = []
     if cfg.deepspeed.precision == "fp16" and not on_gpu:
@@ -167,11 +181,11 @@ def check_against(cfg: TrainConfig, manifest: dict[str, Any], world_size: int, o
             f"deepspeed.global_batch_size {cfg.deepspeed.global_batch_size} is not a multiple of "
             f"data.micro_batch_size x world size = {cfg.data.micro_batch_size} x {world_size}"
         )
-    if cfg.data.train_split not in manifest["splits"]:
-        problems.append(f"data.train_split {cfg.data.train_split!r}: the dataset has {list(manifest['splits'])}")
-    if manifest["splits"].get(cfg.data.train_split, {}).get("rows", 0) == 0:
+    if cfg.data.train_split not in data.splits:
+        problems.append(f"data.train_split {cfg.data.train_split!r}: the dataset has {list(data.splits)}")
+    elif data.rows(cfg.data.train_split) == 0:
         problems.append(f"data.path {cfg.data.path}: the {cfg.data.train_split} split has no rows")
-    if cfg.eval.every_steps and manifest["splits"].get(cfg.data.eval_split, {}).get("rows", 0) == 0:
+    if cfg.eval.every_steps and data.rows(cfg.data.eval_split) == 0:
         problems.append(
             f"eval.every_steps {cfg.eval.every_steps}: the dataset has no rows in split {cfg.data.eval_split!r} "
             "(preprocess with --validation-fraction, or set eval.every_steps=0)"
@@ -182,8 +196,8 @@ def check_against(cfg: TrainConfig, manifest: dict[str, Any], world_size: int, o
         raise ConfigError("configuration does not fit the data or the world:\n  " + "\n  ".join(problems))
 
 
-def save_resolved(cfg: TrainConfig, run_dir: Path, world_size: int) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
+def resolved(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
+    """The configuration as run: every field, plus what follows from the world size."""
     data = cfg.model_dump(mode="json")
     data["resolved"] = {"world_size": world_size, "gradient_accumulation_steps": cfg.accumulation_steps(world_size)}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return data

@@ -27,7 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from preprocess.masking import MaskingParams, mask_batch
 from preprocess.reader import PretrainingDataset, original_ids
+from preprocess.rng import mix
+from preprocess.tokenization import mask_vocab_of
 
 IGNORE_INDEX = -100
 
@@ -115,20 +118,12 @@ class RowDataset(Dataset):
 class Remasker:
     """Fresh masks for each (row, epoch), with the dataset's own masking parameters."""
 
-    def __init__(self, tokens: list[str], dataset_config: dict, seed: int):
-        from preprocess.masking import MaskingParams
-        from preprocess.tokenization import mask_vocab_of
-
-        self.params = MaskingParams(float(dataset_config["masked_lm_prob"]),
-                                    int(dataset_config["max_predictions_per_seq"]),
-                                    bool(dataset_config["whole_word_mask"]))
+    def __init__(self, tokens: list[str], params: MaskingParams, seed: int):
+        self.params = params
         self.vocab = mask_vocab_of(tokens)
         self.seed = seed
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        from preprocess.masking import mask_batch
-        from preprocess.rng import mix
-
         originals = [original_ids(r) for r in rows]
         lengths = np.array([len(x) for x in originals])
         offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -184,13 +179,14 @@ class Collator:
 
 def collator_for(data: PretrainingDataset, remasker: Remasker | None = None) -> Collator:
     """Pads with the dataset's [PAD] and to its prediction budget."""
-    return Collator(vocab_tokens(data).index("[PAD]"), int(data.config["max_predictions_per_seq"]), remasker)
+    return Collator(data.info.token_id("[PAD]"), data.info.max_predictions_per_seq, remasker)
 
 
 def make_loader(
     data: PretrainingDataset, plan: BatchPlan, start_step: int, num_workers: int, dynamic_masking: bool = False
 ) -> DataLoader:
-    remasker = Remasker(vocab_tokens(data), data.config, plan.seed) if dynamic_masking else None
+    """The rank's micro-batches from global step ``start_step`` on (see :class:`StepSampler`)."""
+    remasker = Remasker(data.info.tokens(), data.info.masking, plan.seed) if dynamic_masking else None
     lengths = data.lengths() if plan.bucket_window else None
     return DataLoader(
         RowDataset(data),
@@ -200,10 +196,3 @@ def make_loader(
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
     )
-
-
-def vocab_tokens(data: PretrainingDataset) -> list[str]:
-    """The dataset's vocabulary in id order (from the vocab file copied beside its shards)."""
-    from preprocess.report import load_tokens
-
-    return load_tokens(data.path, data.vocab)

@@ -31,10 +31,9 @@ PROMPTS = [
 def held_out_examples(data_dir: Path, n: int) -> list[tuple[str, str]]:
     """(text with one word masked, the word) from validation rows, masking a whole word."""
     from preprocess.reader import PretrainingDataset
-    from preprocess.report import load_tokens
 
     ds = PretrainingDataset(str(data_dir), "validation")
-    tokens = load_tokens(str(data_dir), ds.vocab)
+    tokens = ds.info.tokens()
     out = []
     for i in range(len(ds)):
         ids = ds.original_ids(i).tolist()
@@ -69,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print("== 3. training BERT-Tiny", flush=True)
     from pretrain.config import TrainConfig
-    from pretrain.engine import world_from_env
-    from pretrain.trainer import train
+    from pretrain.distributed import world_from_env
+    from pretrain.run import train
+    from pretrain.run_dir import RunDir
 
     run = out / "run"
     cfg = TrainConfig.model_validate({
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "logging": {"every_steps": max(1, args.steps // 25), "wandb": "disabled"},
     })
     train(cfg, world_from_env())
-    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    records = [json.loads(line) for line in open(RunDir(run).metrics)]
     trained = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_mlm_loss" in r]
     from pretrain.plot import plot
@@ -96,12 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     print("== 4. export and fill-mask through transformers", flush=True)
     from pretrain.export import export_checkpoint
 
-    export_checkpoint(str(run), str(out / "export"))
+    export = RunDir(run).export
+    export_checkpoint(str(run))
     from transformers import logging as hf_logging
     from transformers import pipeline
 
     hf_logging.set_verbosity_error()  # the report lists the pooler and NSP head, which fill-mask does not use
-    fill = pipeline("fill-mask", model=str(out / "export"), top_k=5)
+    fill = pipeline("fill-mask", model=str(export), top_k=5)
     for text in PROMPTS:
         print(f"  {text}\n      -> {', '.join(r['token_str'] for r in fill(text))}")
     print("held-out sentences (true word in brackets):")
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         guesses = [r["token_str"] for r in fill(text)]
         mark = "*" if word in guesses else " "
         print(f" {mark} {text[:150]}\n      [{word}] -> {', '.join(guesses)}")
-    print(f"done in {time.time() - t0:.0f} s: data {out / 'data'}, run {run}, export {out / 'export'}")
+    print(f"done in {time.time() - t0:.0f} s: data {out / 'data'}, run {run}, export {export}")
     return 0
 
 

@@ -7,6 +7,8 @@ those of the whole evaluated set.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -14,9 +16,12 @@ from torch.utils.data import DataLoader
 from preprocess.reader import PretrainingDataset
 from pretrain.data import RowDataset, collator_for
 
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 class Evaluator:
     def __init__(self, data: PretrainingDataset, micro_batch: int, max_batches: int, rank: int, world: int):
+        """``data``: the evaluated split; rank ``rank`` of ``world`` reads every ``world``-th micro-batch."""
         total = min(len(data) // micro_batch, max_batches * world)
         batches = [list(range(b * micro_batch, (b + 1) * micro_batch)) for b in range(rank, total, world)]
         self.loader = DataLoader(
@@ -25,20 +30,22 @@ class Evaluator:
         )
 
     @torch.no_grad()
-    def run(self, engine) -> dict[str, float]:
+    def run(self, engine: DeepSpeedEngine) -> dict[str, float]:
+        """Evaluate ``engine``'s model; sums stay on its device and are read once."""
         engine.eval()
-        sums = torch.zeros(5, dtype=torch.float64)  # mlm loss x n, mlm ok, mlm n, nsp ok, nsp n
+        sums = torch.zeros(5, dtype=torch.float64, device=engine.device)  # mlm loss x n, mlm ok, mlm n, nsp ok, nsp n
         for batch in self.loader:
             batch.pop("real_tokens")
-            batch = {k: (v.to(engine.device) if v is not None else None) for k, v in batch.items()}
+            batch = {k: (v.to(engine.device, non_blocking=True) if v is not None else None) for k, v in batch.items()}
             out = engine(**batch)
-            n = out.mlm_total.item()
-            sums += torch.tensor([out.mlm_loss.item() * n, out.mlm_correct.item(), n, out.nsp_correct.item(),
-                                  out.nsp_total.item()], dtype=torch.float64)
+            n = out.mlm_total.double()
+            sums += torch.stack([out.mlm_loss.double() * n, out.mlm_correct.double(), n, out.nsp_correct.double(),
+                                 out.nsp_total.double()])
         dist.all_reduce(sums)
         engine.train()
+        loss, mlm_ok, mlm_n, nsp_ok, nsp_n = sums.tolist()
         return {
-            "eval_mlm_loss": sums[0].item() / max(1.0, sums[2].item()),
-            "eval_mlm_accuracy": sums[1].item() / max(1.0, sums[2].item()),
-            "eval_nsp_accuracy": sums[3].item() / max(1.0, sums[4].item()),
+            "eval_mlm_loss": loss / max(1.0, mlm_n),
+            "eval_mlm_accuracy": mlm_ok / max(1.0, mlm_n),
+            "eval_nsp_accuracy": nsp_ok / max(1.0, nsp_n),
         }

@@ -1,25 +1,31 @@
 """Export a training checkpoint to the Hugging Face directory format.
 
-``python -m pretrain export RUN_DIR OUT [--step N]`` takes the newest complete
+``python -m pretrain export RUN_DIR [OUT] [--step N]`` takes the newest complete
 checkpoint (or step N), consolidates ZeRO shards of any stage into one fp32 state
-dict, and writes ``OUT`` with config.json, model.safetensors and the dataset's
-vocabulary, loadable by ``transformers.BertForPreTraining.from_pretrained(OUT)``.
+dict, and writes ``OUT`` (default ``RUN_DIR/export``) with config.json, model.safetensors
+and the dataset's vocabulary, loadable by ``transformers.BertForPreTraining.from_pretrained(OUT)``.
+The vocabulary file must still be the one the run trained with (its fingerprint is
+checked), and the fingerprint is recorded in config.json for phase 2 to check.
 The checkpoint files read here are the run's own (DeepSpeed writes them with pickle).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
+from preprocess.tokenization import VocabError, vocab_file_fingerprint
 from pretrain.checkpoint import CheckpointManager
-from pretrain.model import BertConfig, BertForPreTraining
+from pretrain.hf_format import save_pretrained
+from pretrain.model import BertForPreTraining
+from pretrain.run_dir import RunDir
 
-MODEL_CONFIG = "model_config.json"  # written into the run directory at start-up
+
+class ExportError(ValueError):
+    """The run directory cannot be exported; the message says why."""
 
 
 def consolidated_state(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -32,34 +38,45 @@ def consolidated_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in states["module"].items()}
 
 
-def export_checkpoint(run_dir: str, out: str, step: int | None = None) -> Path:
-    run = Path(run_dir)
-    manager = CheckpointManager(run / "checkpoints", keep_last=1, rank=0)
+def export_checkpoint(run_dir: str, out: str | None = None, step: int | None = None) -> Path:
+    """Write the newest complete checkpoint (or step ``step``) of ``run_dir`` to ``out``
+    (default: the run directory's ``export/``); the checkpoint exported."""
+    run = RunDir(run_dir)
+    manager = CheckpointManager(run.checkpoints, keep_last=1, rank=0)
     done = manager.complete()
     if step is not None:
         done = [d for d in done if d.name == CheckpointManager.tag(step)]
     if not done:
-        raise FileNotFoundError(f"{run / 'checkpoints'}: no complete checkpoint" + (f" at step {step}" if step else ""))
+        raise ExportError(f"{run.checkpoints}: no complete checkpoint" + (f" at step {step}" if step else ""))
     checkpoint = done[-1]
-    config = BertConfig.from_hf_dict(json.loads((run / MODEL_CONFIG).read_text()))
-    model = BertForPreTraining(config)
+    ref = run.data_ref()
+    if ref is None:
+        raise ExportError(f"{run.data_file}: missing; is {run.root} a run directory?")
+    try:
+        found = vocab_file_fingerprint(ref.vocab_file, ref.lower_case)
+    except VocabError as e:
+        raise ExportError(f"the run's vocabulary: {e}") from e
+    if found != ref.fingerprint:
+        raise ExportError(f"{ref.vocab_file} has fingerprint {found}, the run trained with {ref.fingerprint}: "
+                          "the dataset was re-made with another vocabulary since")
+    model = BertForPreTraining(run.model_config())
     model.load_state_dict(consolidated_state(checkpoint), strict=True)
     model.tie_weights()
-    resolved = json.loads((run / "data.json").read_text())
-    model.save_pretrained(out, vocab_file=resolved["vocab_file"], lower_case=resolved["lower_case"])
+    save_pretrained(model, str(out or run.export), vocab_file=ref.vocab_file, lower_case=ref.lower_case,
+                    vocab_fingerprint=ref.fingerprint)
     return checkpoint
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m pretrain export", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir")
-    p.add_argument("out")
-    p.add_argument("--step", type=int)
+    p.add_argument("out", nargs="?", help="output directory (default: RUN_DIR/export)")
+    p.add_argument("--step", type=int, help="the checkpoint of this step (default: the newest complete one)")
     args = p.parse_args(argv)
     try:
         checkpoint = export_checkpoint(args.run_dir, args.out, args.step)
-    except FileNotFoundError as e:
+    except (ExportError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"exported {checkpoint} to {args.out}")
+    print(f"exported {checkpoint} to {args.out or RunDir(args.run_dir).export}")
     return 0

@@ -23,6 +23,7 @@ from pretrain.model import BertConfig, BertForPreTraining, build_model
 WEIGHTS = "model.safetensors"
 TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")  # saved once, under their owners
 HEADS = ("cls.", "bert.pooler.")
+FINGERPRINT_KEY = "vocab_fingerprint"  # an extra config.json key; transformers keeps it as an attribute
 
 
 class CheckpointFormatError(ValueError):
@@ -30,10 +31,15 @@ class CheckpointFormatError(ValueError):
 
 
 def save_pretrained(model: BertForPreTraining, directory: str, vocab_file: str | None = None,
-                    lower_case: bool = True) -> None:
+                    lower_case: bool = True, vocab_fingerprint: str | None = None) -> None:
+    """Write ``directory``; ``vocab_fingerprint`` (the dataset's) is recorded in config.json
+    so that a run initialised from this directory can check its data's vocabulary."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2, sort_keys=True) + "\n")
+    config = model.config.to_hf_dict()
+    if vocab_fingerprint:
+        config[FINGERPRINT_KEY] = vocab_fingerprint
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in TIED}
     save_file(state, str(out / WEIGHTS), metadata={"format": "pt"})
     if vocab_file:
@@ -44,6 +50,25 @@ def save_pretrained(model: BertForPreTraining, directory: str, vocab_file: str |
             "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
             "mask_token": "[MASK]",
         }, indent=2) + "\n")
+
+
+def vocab_fingerprint(directory: str) -> str | None:
+    """The fingerprint of the vocabulary a directory's model was trained with: recorded in
+    config.json by our export, else computed from its vocab.txt and tokenizer_config.json
+    (a checkpoint from elsewhere); None when the directory has neither."""
+    src = Path(directory)
+    try:
+        recorded = json.loads((src / "config.json").read_text()).get(FINGERPRINT_KEY)
+    except (OSError, ValueError):
+        recorded = None
+    if recorded or not (src / "vocab.txt").exists():
+        return recorded
+    from preprocess.tokenization import vocab_file_fingerprint
+
+    lower_case = True
+    if (src / "tokenizer_config.json").exists():
+        lower_case = bool(json.loads((src / "tokenizer_config.json").read_text()).get("do_lower_case", True))
+    return vocab_file_fingerprint(str(src / "vocab.txt"), lower_case)
 
 
 def load_pretrained(directory: str, unpad: bool = False) -> tuple[BertForPreTraining, dict[str, list[str]]]:

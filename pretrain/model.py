@@ -22,8 +22,7 @@ No distributed or DeepSpeed import here: the engine wraps this module.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,74 +30,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pretrain.attention import Unpadded, attention, pad, unpad, unpad_info
+from pretrain.model_config import SIZES, BertConfig, flops_per_token
+
+__all__ = ["SIZES", "BertConfig", "BertForPreTraining", "BertModel", "build_model", "flops_per_token",
+           "init_weights", "set_activation_checkpointing"]
 
 IGNORE_INDEX = -100
-
-
-@dataclass
-class BertConfig:
-    """transformers' BERT configuration fields (same names, so config.json maps 1:1)."""
-
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    initializer_range: float = 0.02
-    layer_norm_eps: float = 1e-12
-    pad_token_id: int = 0
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # other config.json keys, kept on export
-
-    def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
-            )
-        if self.hidden_act != "gelu":
-            raise ValueError(f"hidden_act {self.hidden_act!r}: BERT uses exact 'gelu'")
-
-    @classmethod
-    def named(cls, size: str, **overrides: Any) -> BertConfig:
-        if size not in SIZES:
-            raise ValueError(f"unknown model size {size!r}; choose from {', '.join(SIZES)}")
-        return cls(**{**SIZES[size], **overrides})
-
-    @classmethod
-    def for_dataset(cls, size: str, manifest: dict[str, Any], **overrides: Any) -> BertConfig:
-        """A named size with the vocabulary size and positions of a preprocessed dataset.
-
-        ``manifest`` is the dataset's manifest.json (see :mod:`preprocess.manifest`); the
-        vocabulary is padded to a multiple of 8 for tensor-core-friendly matmuls (the
-        extra rows are never produced by the data), positions cover at least 512.
-        """
-        vocab = manifest["vocab"]["size"]
-        seq = manifest["config"]["max_seq_length"]
-        return cls.named(size, vocab_size=(vocab + 7) // 8 * 8, max_position_embeddings=max(512, seq), **overrides)
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "extra"}
-        return {**self.extra, **d, "model_type": "bert", "architectures": ["BertForPreTraining"]}
-
-    @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]) -> BertConfig:
-        names = {f.name for f in fields(cls)} - {"extra"}
-        ignored = {"model_type", "architectures", "transformers_version", "torch_dtype", "dtype"}
-        return cls(**{k: v for k, v in d.items() if k in names},
-                   extra={k: v for k, v in d.items() if k not in names and k not in ignored})
-
-
-SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
-    "mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
-    "small": dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=2048),
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-}
 
 
 class BertEmbeddings(nn.Module):
@@ -162,7 +99,7 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(c)
         self.output = BertOutput(c, c.hidden_size)
 
-    def forward(self, x, mask, info):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, info: Unpadded | None) -> torch.Tensor:
         return self.output(self.self(x, mask, info), x)
 
 
@@ -171,7 +108,7 @@ class BertIntermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(c.hidden_size, c.intermediate_size)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(self.dense(x))
 
 
@@ -182,7 +119,7 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(c)
         self.output = BertOutput(c, c.intermediate_size)
 
-    def forward(self, x, mask, info):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, info: Unpadded | None) -> torch.Tensor:
         a = self.attention(x, mask, info)
         return self.output(self.intermediate(a), a)
 
@@ -193,7 +130,7 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(c) for _ in range(c.num_hidden_layers))
         self.checkpointed: frozenset[int] = frozenset()  # set by set_activation_checkpointing
 
-    def forward(self, x, mask, info):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, info: Unpadded | None) -> torch.Tensor:
         for i, layer in enumerate(self.layer):
             if i in self.checkpointed and torch.is_grad_enabled():
                 x = checkpoint(layer, x, mask, info, use_reentrant=False)
@@ -207,7 +144,7 @@ class BertPooler(nn.Module):
         super().__init__()
         self.dense = nn.Linear(c.hidden_size, c.hidden_size)
 
-    def forward(self, hidden):
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))  # (B, H) from [CLS]
 
 
@@ -254,7 +191,7 @@ class BertPredictionHeadTransform(nn.Module):
         self.dense = nn.Linear(c.hidden_size, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(F.gelu(self.dense(x)))
 
 
@@ -267,7 +204,7 @@ class BertLMPredictionHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(c.vocab_size))
         self.decoder.bias = self.bias
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.transform(x))
 
 
@@ -351,17 +288,6 @@ class BertForPreTraining(nn.Module):
             out.loss = out.nsp_loss if out.loss is None else out.loss + out.nsp_loss
         return out
 
-    def save_pretrained(self, directory: str, vocab_file: str | None = None, lower_case: bool = True) -> None:
-        from pretrain.hf_format import save_pretrained
-
-        save_pretrained(self, directory, vocab_file, lower_case)
-
-    @classmethod
-    def from_pretrained(cls, directory: str, unpad: bool = False) -> BertForPreTraining:
-        from pretrain.hf_format import load_pretrained
-
-        return load_pretrained(directory, unpad=unpad)[0]
-
 
 def init_weights(model: nn.Module, initializer_range: float = 0.02) -> None:
     """BERT's initialisation, the only place weights are set.
@@ -411,16 +337,3 @@ def set_activation_checkpointing(model: BertForPreTraining | BertModel, every: i
     if every < 0:
         raise ValueError(f"activation checkpointing every {every} layers: must be >= 0")
     encoder.checkpointed = frozenset(range(0, len(encoder.layer), every)) if every else frozenset()
-
-
-def flops_per_token(c: BertConfig, seq: int, predictions_per_seq: int) -> float:
-    """Training FLOPs per token (forward + backward = 3x forward, matmuls only).
-
-    Per layer and token: 24 H^2 (QKV, output, FFN with I = 4H in general 2*(4H^2 + 2HI))
-    plus attention 4 S H; the MLM head on the masked fraction: 2 H^2 + 2 H V.
-    """
-    h, i, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
-    per_layer = 2 * (4 * h * h + 2 * h * i) + 4 * seq * h
-    head = (predictions_per_seq / seq) * (2 * h * h + 2 * h * c.vocab_size)
-    return 3.0 * (L * per_layer + head)
-

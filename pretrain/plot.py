@@ -8,22 +8,26 @@ import json
 import sys
 from pathlib import Path
 
+from pretrain.run_dir import RunDir
 
-def load(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl", encoding="utf-8")]
+
+def load(run: RunDir) -> tuple[list[dict], list[dict]]:
+    """Training records and evaluation records of a run's metrics.jsonl."""
+    records = [json.loads(line) for line in open(run.metrics, encoding="utf-8")]
     return [r for r in records if "loss" in r], [r for r in records if "eval_mlm_loss" in r]
 
 
 def plot(run_dir: str, out: str | None = None) -> Path:
+    """Draw loss, accuracy and learning-rate curves to ``out`` (default: the run's curves.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = Path(run_dir)
+    run = RunDir(run_dir)
     train, evals = load(run)
     if not train:
-        raise ValueError(f"{run / 'metrics.jsonl'}: no training records yet")
+        raise ValueError(f"{run.metrics}: no training records yet")
     steps = [r["step"] for r in train]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax = axes[0]
@@ -44,9 +48,9 @@ def plot(run_dir: str, out: str | None = None) -> Path:
     ax = axes[2]
     ax.plot(steps, [r["lr"] for r in train], color="tab:gray")
     ax.set(title="learning rate", xlabel="step")
-    fig.suptitle(str(run))
+    fig.suptitle(str(run.root))
     fig.tight_layout()
-    path = Path(out) if out else run / "curves.png"
+    path = Path(out) if out else run.curves
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.run_dir import RunDir
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,6 +23,10 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     line = next(x for x in out.splitlines() if x.startswith("loss "))
     first, last = (float(v) for v in line.split(";")[0].removeprefix("loss ").split(" -> "))
     assert last < first - 1.0  # visibly falling loss
-    assert "Return a new [MASK] object." in out and out.count("      [") == 5  # held-out sentences shown
-    for name in ("data/manifest.json", "run/curves.png", "export/model.safetensors", "export/vocab.txt"):
-        assert (tmp_path / "demo" / name).exists(), name
+    assert "Return a new [MASK] object." in out
+    held_out = [x.split("] -> ") for x in out.splitlines() if x.lstrip().startswith("[") and "] -> " in x]
+    assert held_out and all(len(guesses.split(", ")) == 5 for _, guesses in held_out)  # top-5 fill-mask guesses
+    run = RunDir(tmp_path / "demo" / "run")
+    for path in (tmp_path / "demo" / "data" / "manifest.json", run.curves, run.export / "model.safetensors",
+                 run.export / "vocab.txt"):
+        assert path.exists(), path

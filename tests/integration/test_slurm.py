@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.run_dir import RunDir
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "srun")
@@ -118,13 +120,20 @@ def job(env, job_id: str) -> dict[str, str]:
 
 def wait_for(env, job_id: str, states=("COMPLETED",), timeout=600) -> dict[str, str]:
     deadline = time.time() + timeout
+    held_since = None
     while time.time() < deadline:
         info = job(env, job_id)
         if info.get("JobState") in states:
             return info
         if info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime":
-            # Slurm holds a requeued job ~2 minutes before it is eligible again; release it now.
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env)
+            # Slurm holds a requeued job ~2 minutes before it is eligible again (until the old
+            # instance's credential is gone); release it sooner, but not at once: a job restarted
+            # within a second of its requeue fails with "Job credential revoked".
+            held_since = held_since or time.time()
+            if time.time() - held_since > 5:
+                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env)
+        else:
+            held_since = None
         if info.get("JobState") in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
             raise AssertionError(f"job {job_id} {info.get('JobState')}:\n{log_of(job_id)}")
         time.sleep(1)
@@ -169,7 +178,7 @@ def test_preempted_pretraining_job_resumes_from_its_checkpoint_and_finishes(slur
     assert "2 tasks on nodeA,nodeB" in log
     stopped = int(log.split("checkpointed at step ")[1].split(",")[0])
     assert f"resumed from step {stopped}" in log and "finished at step 300" in log
-    assert (run / "FINISHED").exists()
+    assert RunDir(run).finished()["step"] == 300
 
 
 def test_time_limit_signal_checkpoints_and_the_job_requeues_itself(slurm, dataset, tmp_path):
@@ -207,7 +216,7 @@ def test_phase_1_then_phase_2_chain(slurm, dataset, tmp_path):
     assert job(slurm, phase2)["Dependency"].startswith(f"afterok:{phase1}")
     wait_for(slurm, phase1)
     wait_for(slurm, phase2)
-    assert (tmp_path / "phase1" / "export" / "model.safetensors").exists()
-    assert (tmp_path / "phase2" / "export" / "model.safetensors").exists()
+    assert (RunDir(tmp_path / "phase1").export / "model.safetensors").exists()
+    assert (RunDir(tmp_path / "phase2").export / "model.safetensors").exists()
     log2 = log_of(phase2, "bert-phase2")
     assert "resumed" not in log2 and "finished at step 20" in log2

@@ -178,9 +178,9 @@ def test_any_checkpoint_exports_to_a_directory_transformers_loads(dataset, tmp_p
     assert "step_00000002" in proc.stdout
     hf, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
-    from pretrain.model import BertForPreTraining
+    from pretrain.hf_format import load_pretrained
 
-    ours = BertForPreTraining.from_pretrained(str(tmp_path / "hf")).eval()
+    ours = load_pretrained(str(tmp_path / "hf"))[0].eval()
     ids = torch.randint(5, 100, (2, 12))
     out = ours(ids)
     ref = hf.eval()(input_ids=ids)
@@ -256,3 +256,29 @@ def test_the_deepspeed_launcher_runs_the_same_training_as_torchrun(dataset, tmp_
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(tmp_path / "deepspeed") == losses(tmp_path / "torchrun")
+
+
+def test_the_vocabulary_fingerprint_is_checked_by_export_phase_2_and_resume(dataset, tmp_path):
+    from pretrain.run_dir import RunDir
+
+    run = RunDir(tmp_path / "phase1")
+    train(dataset, run.root, "optim.total_steps=3")
+    export = tmp_path / "export"
+    subprocess.run([sys.executable, "-m", "pretrain", "export", str(run.root), str(export)], cwd=ROOT, env=env(),
+                   capture_output=True, timeout=300, check=True)
+    fingerprint = run.data_ref().fingerprint
+    assert json.loads((export / "config.json").read_text())["vocab_fingerprint"] == fingerprint
+    config = json.loads((export / "config.json").read_text())
+    (export / "config.json").write_text(json.dumps({**config, "vocab_fingerprint": "0" * 32}))
+    proc = train(dataset, tmp_path / "phase2", f"model.init_from={export}", check=False)
+    assert proc.returncode == 2 and f"model.init_from {export} was made with vocabulary 00000000" in proc.stderr
+    assert fingerprint in proc.stderr and "Traceback" not in proc.stderr
+
+    ref = json.loads(run.data_file.read_text())
+    run.data_file.write_text(json.dumps({**ref, "fingerprint": "1" * 32}))  # as if started on other data
+    proc = train(dataset, run.root, "optim.total_steps=5", check=False)
+    assert proc.returncode == 2 and f"run_dir {run.root} (started on {dataset}) was made with vocabulary 1111" \
+        in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "pretrain", "export", str(run.root)], cwd=ROOT, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "the run trained with 1111" in proc.stderr

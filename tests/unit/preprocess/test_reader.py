@@ -17,8 +17,8 @@ def copy(dataset, tmp_path):
 
 def test_rows_are_random_access_and_consistent_with_the_manifest(dataset):
     ds = PretrainingDataset(str(dataset), "train", verify="checksum")
-    split = ds.manifest["splits"]["train"]
-    assert len(ds) == split["rows"] > 1000
+    split = ds.info.split("train")
+    assert len(ds) == split.rows > 1000
     total = 0
     for i in range(len(ds)):
         row = ds[i]
@@ -27,7 +27,7 @@ def test_rows_are_random_access_and_consistent_with_the_manifest(dataset):
         assert n <= 64
         assert row["token_type_ids"][0] == 0 and row["token_type_ids"][-1] == 1
         assert len(row["masked_lm_positions"]) == len(row["masked_lm_labels"]) >= 1
-    assert total == split["tokens"]
+    assert total == split.tokens
     assert np.array_equal(ds[-1]["input_ids"], ds[len(ds) - 1]["input_ids"])
     with pytest.raises(IndexError):
         ds[len(ds)]
@@ -35,11 +35,10 @@ def test_rows_are_random_access_and_consistent_with_the_manifest(dataset):
 
 def test_original_ids_restore_the_masked_tokens(dataset):
     ds = PretrainingDataset(str(dataset))
-    vocab = ds.vocab
     row = ds[5]
     orig = ds.original_ids(5)
     assert np.array_equal(orig[row["masked_lm_positions"]], row["masked_lm_labels"])
-    assert vocab["size"] > int(orig.max())
+    assert ds.info.vocab_size > int(orig.max())
 
 
 def test_missing_manifest(tmp_path):

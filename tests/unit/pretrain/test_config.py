@@ -1,14 +1,39 @@
 import pytest
 
+from preprocess.dataset import DatasetInfo, SplitInfo
+from preprocess.masking import MaskingParams
 from pretrain.config import ConfigError, apply_overrides, check_against, load_config
 
-MANIFEST = {"splits": {"train": {"rows": 100}, "validation": {"rows": 5}}}
+
+def data_with(**rows: int) -> DatasetInfo:
+    """A dataset's face with the given rows per split (nothing else matters to these checks)."""
+    return DatasetInfo(path="d", vocab_file="d/vocab.txt", vocab_fingerprint="f", vocab_size=100, lower_case=True,
+                       token_dtype="uint16", max_seq_length=128, masking=MaskingParams(), seed=1,
+                       splits={k: SplitInfo(k, n, n * 100, (), {}) for k, n in rows.items()}, inputs=(),
+                       documents={}, options={})
+
+
+MANIFEST = data_with(train=100, validation=5)
 
 
 def test_recipe_loads_and_overrides_are_typed(tmp_path):
-    cfg = load_config("configs/tiny-cpu.yaml", ["optim.lr=3e-4", "deepspeed.zero_stage=3", "model.unpad=true"])
+    cfg = load_config("configs/tiny-cpu.yaml", ["optim.lr=3e-4", "deepspeed.zero_stage=3", "model.unpad=true",
+                                                "deepspeed.global_batch_size=48", "data.micro_batch_size=8"])
     assert cfg.optim.lr == 3e-4 and cfg.deepspeed.zero_stage == 3 and cfg.model.unpad is True
-    assert cfg.accumulation_steps(world_size=2) == cfg.deepspeed.global_batch_size // (cfg.data.micro_batch_size * 2)
+    assert [cfg.accumulation_steps(world_size=w) for w in (1, 2, 3, 6)] == [6, 3, 2, 1]
+
+
+def test_a_bad_value_is_blamed_on_the_override_or_the_file_that_set_it(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/tiny-cpu.yaml", ["optim.lr=abc"])
+    assert "override optim.lr=abc: optim.lr:" in str(e.value) and "tiny-cpu.yaml" not in str(e.value)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: abc\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(["configs/tiny-cpu.yaml", str(bad)], ["optim.warmup_steps=1"])
+    assert f"config configs/tiny-cpu.yaml + {bad}: optim.lr:" in str(e.value) and "override" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"configuration:\n  optim.warmup_steps \(9\) must be below optim.total"):
+        load_config("configs/tiny-cpu.yaml", ["optim.warmup_steps=9", "optim.total_steps=9"])
 
 
 def test_all_invalid_fields_are_reported_with_their_path():
@@ -31,7 +56,7 @@ def test_checks_against_data_and_world():
     with pytest.raises(ConfigError, match="not a multiple"):
         check_against(cfg, MANIFEST, world_size=3)
     with pytest.raises(ConfigError, match="has no rows"):
-        check_against(cfg, {"splits": {"train": {"rows": 0}}}, world_size=1)
+        check_against(cfg, data_with(train=0), world_size=1)
     off = load_config("configs/tiny-cpu.yaml", ["deepspeed.zero_stage=0", "deepspeed.offload_optimizer=true"])
     with pytest.raises(ConfigError, match="offload_optimizer needs zero_stage"):
         check_against(off, MANIFEST, world_size=1)
@@ -42,7 +67,7 @@ def test_checks_against_data_and_world():
 def test_bert_large_recipes_fit_64_nodes_of_8_gpus(recipe, micro, accumulation):
     cfg = load_config(recipe)
     assert cfg.model.size == "large" and cfg.optim.name == "lamb" and cfg.deepspeed.precision == "bf16"
-    check_against(cfg, {"splits": {"train": {"rows": 10**8}, "validation": {"rows": 10**5}}}, world_size=512)
+    check_against(cfg, data_with(train=10**8, validation=10**5), world_size=512)
     assert cfg.data.micro_batch_size == micro and cfg.accumulation_steps(512) == accumulation
 
 

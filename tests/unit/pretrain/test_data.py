@@ -87,11 +87,11 @@ def test_length_bucketing_pads_less_and_still_takes_every_row_once():
 
 def test_dynamic_remasking_restores_originals_and_changes_masks_by_epoch(dataset):
     from preprocess.reader import PretrainingDataset
-    from pretrain.data import Remasker, RowDataset, vocab_tokens
+    from pretrain.data import Remasker, RowDataset
 
     data = PretrainingDataset(str(dataset))
     rows = RowDataset(data)
-    remask = Remasker(vocab_tokens(data), data.config, seed=5)
+    remask = Remasker(data.info.tokens(), data.info.masking, seed=5)
     a = remask([rows[(i, 0)] for i in range(20)])
     again = remask([rows[(i, 0)] for i in range(20)])
     b = remask([rows[(i, 1)] for i in range(20)])

@@ -4,8 +4,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pretrain.hf_format import CheckpointFormatError, load_pretrained
-from pretrain.model import BertConfig, BertForPreTraining, build_model
+from preprocess.tokenization import vocab_file_fingerprint
+from pretrain.hf_format import (
+    CheckpointFormatError,
+    load_pretrained,
+    save_pretrained,
+    vocab_fingerprint,
+)
+from pretrain.model import BertConfig, build_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -21,7 +27,7 @@ def inputs():
 
 def test_export_loads_in_transformers_with_no_missing_keys_and_same_outputs(tmp_path, vocab_file):
     ours = build_model(BertConfig(**CFG)).eval()
-    ours.save_pretrained(str(tmp_path), vocab_file=vocab_file)
+    save_pretrained(ours, str(tmp_path), vocab_file=vocab_file)
     hf, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path), output_loading_info=True)
     hf.eval()
     assert info["missing_keys"] in ([], set()) and info["unexpected_keys"] in ([], set())
@@ -36,13 +42,25 @@ def test_export_loads_in_transformers_with_no_missing_keys_and_same_outputs(tmp_
 
 def test_round_trip_through_our_loader(tmp_path):
     ours = build_model(BertConfig(**CFG)).eval()
-    ours.save_pretrained(str(tmp_path))
+    save_pretrained(ours, str(tmp_path))
     again, report = load_pretrained(str(tmp_path))
     assert report["initialized"] == []
     for (n, a), b in zip(ours.state_dict().items(), again.state_dict().values()):
         torch.testing.assert_close(a, b, msg=n)
     assert again.cls.predictions.decoder.weight is again.bert.embeddings.word_embeddings.weight
-    assert BertForPreTraining.from_pretrained(str(tmp_path)).config == ours.config
+    assert again.config == ours.config
+
+
+def test_the_vocabulary_fingerprint_is_recorded_or_computed_from_vocab_txt(tmp_path, vocab_file):
+    ours = build_model(BertConfig(**CFG))
+    save_pretrained(ours, str(tmp_path / "recorded"), vocab_file=vocab_file, vocab_fingerprint="abc123")
+    assert vocab_fingerprint(str(tmp_path / "recorded")) == "abc123"
+    assert transformers.BertConfig.from_pretrained(str(tmp_path / "recorded")).vocab_fingerprint == "abc123"
+    save_pretrained(ours, str(tmp_path / "plain"), vocab_file=vocab_file)  # as a checkpoint from elsewhere
+    assert vocab_fingerprint(str(tmp_path / "plain")) == vocab_file_fingerprint(vocab_file, lower_case=True)
+    assert vocab_fingerprint(str(tmp_path / "plain")) != vocab_file_fingerprint(vocab_file, lower_case=False)
+    save_pretrained(ours, str(tmp_path / "bare"))
+    assert vocab_fingerprint(str(tmp_path / "bare")) is None
 
 
 @pytest.mark.parametrize("prefix", ["", "bert."])
@@ -72,7 +90,7 @@ def test_pickle_checkpoints_are_refused_with_a_reason(tmp_path):
 
 def test_foreign_or_mismatched_weights_are_refused(tmp_path):
     ours = build_model(BertConfig(**CFG))
-    ours.save_pretrained(str(tmp_path))
+    save_pretrained(ours, str(tmp_path))
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["hidden_size"], cfg["intermediate_size"] = 64, 128
     (tmp_path / "config.json").write_text(json.dumps(cfg))

@@ -1,6 +1,7 @@
 import json
 
 from pretrain.metrics import MetricsLogger, wandb_mode
+from pretrain.run_dir import RunDir
 
 
 def test_wandb_mode_is_offline_without_credentials(monkeypatch, tmp_path):
@@ -15,10 +16,10 @@ def test_wandb_mode_is_offline_without_credentials(monkeypatch, tmp_path):
 
 
 def test_only_rank_0_writes(tmp_path, capsys):
-    MetricsLogger(tmp_path, rank=1, total_steps=10).log(1, {"loss": 1.0})
-    assert not (tmp_path / "metrics.jsonl").exists()
-    m = MetricsLogger(tmp_path, rank=0, total_steps=10)
+    MetricsLogger(RunDir(tmp_path), rank=1, total_steps=10).log(1, {"loss": 1.0})
+    assert not RunDir(tmp_path).metrics.exists()
+    m = MetricsLogger(RunDir(tmp_path), rank=0, total_steps=10)
     m.log(5, {"loss": 2.5, "lr": 0.001})
     m.close()
-    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 5, "loss": 2.5, "lr": 0.001}
+    assert json.loads(RunDir(tmp_path).metrics.read_text()) == {"step": 5, "loss": 2.5, "lr": 0.001}
     assert "step 5/10 loss 2.5" in capsys.readouterr().err

@@ -207,12 +207,3 @@ def test_half_precision_weights_as_an_engine_runs_them(dtype):
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-
-
-def test_config_for_a_preprocessed_dataset(dataset):
-    import json
-
-    manifest = json.loads((dataset / "manifest.json").read_text())
-    c = BertConfig.for_dataset("tiny", manifest)
-    assert c.vocab_size % 8 == 0 and manifest["vocab"]["size"] <= c.vocab_size < manifest["vocab"]["size"] + 8
-    assert c.max_position_embeddings >= manifest["config"]["max_seq_length"]

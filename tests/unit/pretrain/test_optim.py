@@ -1,7 +1,8 @@
+import pytest
 import torch
 
-from pretrain.lamb import Lamb, lamb_groups
 from pretrain.model import BertConfig, build_model
+from pretrain.optim import Lamb, lamb_groups, lr_lambda, parameter_groups
 
 
 def reference_lamb(w, g, m, v, t, lr, b1=0.9, b2=0.999, eps=1e-6, wd=0.01):
@@ -46,3 +47,20 @@ def test_groups_one_tensor_each_without_decay_for_bias_and_layernorm():
     for g in groups:
         name = names[id(g["params"][0])]
         assert (g["weight_decay"] == 0.0) == (name.endswith("bias") or "LayerNorm" in name)
+
+
+def test_warmup_then_linear_or_polynomial_decay():
+    f = lr_lambda(warmup=10, total=110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5) and f(110) == 0.0
+    poly = lr_lambda(warmup=10, total=110, schedule="poly", power=2)
+    assert poly(60) == pytest.approx(0.25)
+
+
+def test_no_weight_decay_on_biases_and_layernorm():
+    model = build_model(BertConfig.named("tiny", vocab_size=64))
+    decay, no_decay = parameter_groups(model, 0.01)
+    assert no_decay["weight_decay"] == 0.0
+    n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert n == sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())  # tied weight once
+    assert all(p.dim() == 1 for p in no_decay["params"])

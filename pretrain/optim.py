@@ -1,10 +1,15 @@
-"""LAMB (You et al., 2019) that stays correct under ZeRO partitioning.
+"""Optimizers, the weight-decay rule and the learning-rate schedule: everything that updates weights.
 
-LAMB scales each tensor's Adam update by a trust ratio ``||w|| / ||update||``. ZeRO
-(stages 1-3, and DeepSpeed's bf16 optimizer) flattens every parameter group and
+* :func:`decayed_parameters`: BERT's weight-decay rule (none on biases and LayerNorm),
+  used by every optimizer's parameter groups;
+* :func:`parameter_groups` (AdamW: two groups) and :func:`lamb_groups` (LAMB: one per tensor);
+* :class:`Lamb`: LAMB that stays correct under ZeRO partitioning (below);
+* :func:`lr_lambda`: linear warmup, then linear or polynomial decay to zero.
+
+LAMB (You et al., 2019) scales each tensor's Adam update by a trust ratio ``||w|| / ||update||``.
+ZeRO (stages 1-3, and DeepSpeed's bf16 optimizer) flattens every parameter group and
 hands each rank a slice of the flat buffer, so a per-tensor norm computed on what
 the optimizer sees is wrong (DeepSpeed's own LAMB is not ZeRO-aware for that reason).
-
 Here every parameter gets its own group (:func:`lamb_groups`) and the group records
 the tensor's full size. A group whose tensor is smaller than that is a shard (ZeRO
 pads shards with zeros, which add nothing to a norm): its squared norms are summed
@@ -18,25 +23,58 @@ Update (bias-corrected Adam moments, decoupled weight decay, as NVIDIA's LAMB):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 from torch import nn
 
 
+def decayed_parameters(model: nn.Module) -> list[tuple[nn.Parameter, bool]]:
+    """Each parameter once (tied weights appear once) and whether weight decay applies:
+    BERT's rule, none on biases and LayerNorm weights."""
+    out, seen = [], set()
+    for name, p in model.named_parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append((p, not (name.endswith("bias") or "LayerNorm" in name)))
+    return out
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups, with and without weight decay (AdamW)."""
+    params = decayed_parameters(model)
+    return [{"params": [p for p, d in params if d], "weight_decay": weight_decay},
+            {"params": [p for p, d in params if not d], "weight_decay": 0.0}]
+
+
+def lr_lambda(warmup: int, total: int, schedule: str = "linear", power: float = 1.0) -> Callable[[int], float]:
+    """Multiplier of the peak LR at a step: linear warmup over ``warmup`` steps, then linear
+    (``schedule="linear"``) or polynomial (``"poly"``, exponent ``power``) decay to zero at ``total``."""
+    if schedule == "linear":
+        power = 1.0
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, 1 - (step - warmup) / max(1, total - warmup)) ** power
+
+    return f
+
+
 def lamb_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """One group per parameter (so ZeRO shards never mix tensors); no decay on bias/LayerNorm."""
-    from pretrain.engine import decayed_parameters
-
     return [{"params": [p], "weight_decay": weight_decay if decays else 0.0, "full_numel": p.numel()}
             for p, decays in decayed_parameters(model)]
 
 
 class Lamb(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.01):
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.01):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, full_numel=None))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure() if closure is not None else None
         updates, sums, sharded = [], [], []
         for group in self.param_groups:

@@ -1,0 +1,95 @@
+"""The process's place among the ranks, and the one place that sets up the process environment.
+
+* :func:`world_from_env` reads RANK / WORLD_SIZE / LOCAL_RANK as torchrun and DeepSpeed's
+  launcher set them; under ``srun`` it fills them from Slurm's ``SLURM_PROCID``,
+  ``SLURM_NTASKS`` and ``SLURM_LOCALID`` (DeepSpeed's own discovery does not read those),
+  with ``MASTER_ADDR`` the first host of the job's node list. These variables are written
+  into ``os.environ`` because ``torch.distributed``'s ``env://`` rendezvous reads them there.
+* :func:`init_distributed` picks the device (one GPU per local rank) and the backend (NCCL on
+  GPU, gloo on CPU) and starts the process group through DeepSpeed.
+* :class:`StopSignal`: SIGTERM / SIGUSR1 (Slurm sends one before the time limit) agreed by
+  all ranks, so every rank checkpoints at the same step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    local_rank: int
+    size: int
+
+
+def world_from_env() -> World:
+    """RANK/WORLD_SIZE/LOCAL_RANK, filled from Slurm's variables when launched by srun."""
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" in env:
+        env["RANK"] = env["SLURM_PROCID"]
+        env["WORLD_SIZE"] = env.get("SLURM_NTASKS", "1")
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        if "MASTER_ADDR" not in env:
+            env["MASTER_ADDR"] = first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
+        env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000))
+    env.setdefault("RANK", "0")
+    env.setdefault("WORLD_SIZE", "1")
+    env.setdefault("LOCAL_RANK", "0")
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    env.setdefault("MASTER_PORT", "29500")
+    return World(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]))
+
+
+def first_host(nodelist: str) -> str:
+    """First host of a Slurm node list such as ``node[03-05,07],other``."""
+    head = nodelist.split(",")[0]
+    if "[" in head:
+        prefix, rest = head.split("[", 1)
+        return prefix + rest.split("-")[0].split(",")[0].rstrip("]")
+    return head
+
+
+def init_distributed(world: World, timeout_minutes: int) -> None:
+    """Bind this rank to its GPU (if any) and start the process group (NCCL on GPU, gloo on CPU)."""
+    import deepspeed
+
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.set_device(world.local_rank)
+    else:
+        _skip_shm_comm_op()
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", timeout=timedelta(minutes=timeout_minutes))
+
+
+def _skip_shm_comm_op() -> None:
+    """DeepSpeed JIT-builds its shared-memory all-reduce (~30 s) whenever communication
+    starts on the CPU accelerator; only inference uses it. Declare it unavailable."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+class StopSignal:
+    """SIGTERM or SIGUSR1: finish the step, checkpoint, exit cleanly. Ranks agree through a
+    collective on ``device`` (NCCL has no CPU tensors), so all stop at the same step."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.received: int | None = None
+        self.device = device
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def agreed(self) -> bool:
+        flag = torch.tensor([1 if self.received else 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())

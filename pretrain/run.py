@@ -1,0 +1,125 @@
+"""One training run from its configuration: the data, the model, the engine and the trainer's
+collaborators, built once, in order, and handed to :class:`pretrain.trainer.Trainer`.
+
+The configuration flows down: each section is read here, where its part is built, and
+nothing is passed back up. Everything that can be checked before work starts (the
+config against the data and the world, the run directory's dataset, phase 2's
+vocabulary) is checked before the process group starts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from preprocess.dataset import DatasetInfo
+from preprocess.reader import PretrainingDataset
+from preprocess.rng import mix_int
+from pretrain.checkpoint import CheckpointManager
+from pretrain.config import ConfigError, TrainConfig, check_against, resolved
+from pretrain.data import BatchPlan, make_loader
+from pretrain.distributed import StopSignal, World, init_distributed
+from pretrain.engine import build_engine
+from pretrain.evaluation import Evaluator
+from pretrain.hf_format import load_pretrained, vocab_fingerprint
+from pretrain.metrics import MetricsLogger, WandbSink, wandb_mode
+from pretrain.model import (
+    BertConfig,
+    BertForPreTraining,
+    build_model,
+    flops_per_token,
+    set_activation_checkpointing,
+)
+from pretrain.run_dir import DataRef, RunDir
+from pretrain.trainer import Loop, Trainer
+
+log = logging.getLogger("pretrain")
+
+
+def train(cfg: TrainConfig, world: World) -> dict:
+    """Train to ``optim.total_steps`` (or ``stop_at_step``), resuming from the newest complete
+    checkpoint; the final state, with ``finished`` set when the schedule's end was reached."""
+    run = RunDir(cfg.run_dir)
+    data = PretrainingDataset(cfg.data.path, cfg.data.train_split)
+    info = data.info
+    check_against(cfg, info, world.size, on_gpu=torch.cuda.is_available())
+    started_on = run.data_ref()
+    if started_on is not None:
+        info.check_vocab(started_on.fingerprint, f"run_dir {run.root} (started on {started_on.path})")
+    if world.rank == 0:
+        run.create().write_config(resolved(cfg, world.size))
+    init_distributed(world, cfg.deepspeed.dist_timeout_minutes)
+    model = build(cfg, info)
+    if world.rank == 0:  # what export needs to rebuild the model and its tokenizer files
+        run.write_model_config(model.config)
+        run.write_data_ref(DataRef(cfg.data.path, info.vocab_file, info.lower_case, info.vocab_fingerprint))
+
+    engine = build_engine(cfg, model, world.size)
+    checkpoints = CheckpointManager(run.checkpoints, cfg.checkpoint.keep_last, world.rank)
+    state = checkpoints.load_latest(engine) or {"step": 0, "samples": 0}
+    if state["step"]:
+        log.info("resumed from step %d", state["step"])
+    plan = BatchPlan(len(data), cfg.deepspeed.global_batch_size, cfg.data.micro_batch_size, world.size,
+                     world.rank, cfg.data.seed, cfg.data.length_bucketing)
+    batches = iter(make_loader(data, plan, state["step"], cfg.data.num_workers, cfg.data.dynamic_masking))
+    evaluator = None
+    if cfg.eval.every_steps:
+        held_out = PretrainingDataset(cfg.data.path, cfg.data.eval_split, expect_vocab_fingerprint=info.vocab_fingerprint)
+        evaluator = Evaluator(held_out, cfg.data.micro_batch_size, cfg.eval.max_batches, world.rank, world.size)
+    sink = None
+    if world.rank == 0 and wandb_mode(cfg.logging.wandb) != "disabled":
+        sink = WandbSink(run, wandb_mode(cfg.logging.wandb), cfg.logging.wandb_project, cfg.logging.run_name,
+                         cfg.model_dump(mode="json"))
+    metrics = MetricsLogger(run, world.rank, cfg.optim.total_steps, sink)
+    loop = Loop(
+        last_step=min(cfg.optim.total_steps, cfg.stop_at_step or cfg.optim.total_steps),
+        total_steps=cfg.optim.total_steps,
+        log_every=cfg.logging.every_steps,
+        checkpoint_every=cfg.checkpoint.every_steps,
+        eval_every=cfg.eval.every_steps,
+        seed=cfg.data.seed,
+        rank=world.rank,
+        world_size=world.size,
+        global_batch=plan.global_batch,
+        accumulation=plan.accumulation,
+        flops_per_token=flops_per_token(model.config, info.max_seq_length, info.max_predictions_per_seq),
+        peak_tflops=cfg.logging.peak_tflops_per_device,
+        fp16=cfg.deepspeed.precision == "fp16",
+    )
+    trainer = Trainer(engine, batches, loop, checkpoints, metrics, evaluator, StopSignal(engine.device))
+    try:
+        state = trainer.train(state)
+    finally:
+        metrics.close()
+    finished = state["step"] == cfg.optim.total_steps
+    if world.rank == 0 and finished:
+        run.mark_finished(state)  # batch scripts: export, or requeue if absent
+    return {**state, "finished": finished}
+
+
+def build(cfg: TrainConfig, info: DatasetInfo) -> BertForPreTraining:
+    """The model: fresh (seeded, the same on every rank) or from ``model.init_from`` (phase 2),
+    checked against the data's vocabulary and sequence length."""
+    if cfg.model.init_from:
+        source = f"model.init_from {cfg.model.init_from}"
+        info.check_vocab(vocab_fingerprint(cfg.model.init_from), source)
+        model, report = load_pretrained(cfg.model.init_from, unpad=cfg.model.unpad)
+        if model.config.vocab_size < info.vocab_size:
+            raise ConfigError(f"{source}: vocabulary {model.config.vocab_size} is smaller than the data's "
+                              f"{info.vocab_size}")
+        if model.config.max_position_embeddings < info.max_seq_length:
+            raise ConfigError(f"{source}: {model.config.max_position_embeddings} positions, the data has "
+                              f"sequences of {info.max_seq_length}")
+        if report["initialized"]:
+            log.warning("initialised (absent from %s): %s", cfg.model.init_from, ", ".join(report["initialized"]))
+    else:
+        torch.manual_seed(mix_int(cfg.data.seed, 0x1217) >> 1)  # same initial weights on every run and rank
+        config = BertConfig.for_dataset(
+            cfg.model.size, info,
+            hidden_dropout_prob=cfg.model.hidden_dropout_prob,
+            attention_probs_dropout_prob=cfg.model.attention_probs_dropout_prob,
+        )
+        model = build_model(config, unpad=cfg.model.unpad)
+    set_activation_checkpointing(model, cfg.model.activation_checkpointing)
+    return model
