@@ -1,14 +1,24 @@
-"""Typed, validated configuration of a preprocessing run, and its command line.
+"""The preprocessing options, defined once: typed, validated, and the command line made from them.
 
-Our own options are parsed here; every other argument is handed to Beam's
-``PipelineOptions`` untouched, so ``--runner DataflowRunner --project ...`` or
-``--direct_num_workers 8`` work as in any Beam job.
+:class:`PreprocessConfig` is a pydantic model: each field carries its type, default,
+bounds and help text, and :func:`build_parser` derives the ``argparse`` options from the
+fields (``max_seq_length`` -> ``--max-seq-length``; booleans get ``--x/--no-x``), so
+``--help`` shows every default and nothing is spelled twice.
+
+Every other argument belongs to Apache Beam (``--runner DataflowRunner --project ...``,
+``--direct_num_workers 8``). It must be an option of one of Beam's options classes
+(those of every runner installed: local, Dataflow, Flink, Spark, portable, Dask); an
+argument that is neither ours nor Beam's is refused before any work, with the closest
+names suggested, rather than silently ignored.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, field
+import difflib
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from preprocess.documents import ReadParams
 from preprocess.masking import MaskingParams
@@ -19,55 +29,34 @@ class ConfigError(ValueError):
     """An invalid option; the message names the option and what to do."""
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
-    inputs: tuple[str, ...]
-    output: str
-    vocab: str
-    lower_case: bool = True
-    max_seq_length: int = 128
-    dupe_factor: int = 5
-    num_shards: int = 64
-    seed: int = 12345
-    validation_fraction: float = 0.0
-    whole_word_mask: bool = False
-    masked_lm_prob: float = 0.15
-    max_predictions_per_seq: int = 20
-    short_seq_prob: float = 0.1
-    input_format: str = "auto"
-    text_field: str = "text"
-    language: str = "en"
-    read: ReadParams = field(default_factory=ReadParams)
+class PreprocessConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def validate(self) -> PreprocessConfig:
-        problems = []
-        if not self.inputs:
-            problems.append("--input: give at least one file or glob")
-        if not self.output:
-            problems.append("--output: required")
-        if not self.vocab:
-            problems.append("--vocab: required (vocab.txt or tokenizer.json; bert-train-vocab makes one)")
-        if not 8 <= self.max_seq_length <= 65535:
-            problems.append(f"--max-seq-length {self.max_seq_length}: must be in [8, 65535]")
-        if self.dupe_factor < 1:
-            problems.append(f"--dupe-factor {self.dupe_factor}: must be at least 1")
-        if self.num_shards < 1:
-            problems.append(f"--num-shards {self.num_shards}: must be at least 1")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            problems.append(f"--validation-fraction {self.validation_fraction}: must be in [0, 1)")
-        if not 0.0 < self.masked_lm_prob < 1.0:
-            problems.append(f"--masked-lm-prob {self.masked_lm_prob}: must be in (0, 1)")
-        if self.max_predictions_per_seq < 1:
-            problems.append(f"--max-predictions-per-seq {self.max_predictions_per_seq}: must be at least 1")
-        if not 0.0 <= self.short_seq_prob <= 1.0:
-            problems.append(f"--short-seq-prob {self.short_seq_prob}: must be in [0, 1]")
-        if self.input_format not in ("auto", "text", "jsonl"):
-            problems.append(f"--input-format {self.input_format}: must be auto, text or jsonl")
-        if not 0 <= self.seed < 2**63:
-            problems.append(f"--seed {self.seed}: must be in [0, 2**63)")
-        if problems:
-            raise ConfigError("invalid preprocessing options:\n  " + "\n  ".join(problems))
-        return self
+    inputs: tuple[str, ...] = Field(..., min_length=1, json_schema_extra={"flag": "--input"},
+                                    description="input file or glob (local, gs://, s3://, hdfs://); repeat for more")
+    output: str = Field(..., min_length=1, description="dataset directory for shards and manifest.json")
+    vocab: str = Field(..., min_length=1,
+                       description="WordPiece vocab.txt or a tokenizers tokenizer.json (bert-train-vocab makes one)")
+    lower_case: bool = Field(True, description="lower-case and strip accents (vocab.txt only)")
+    max_seq_length: int = Field(128, ge=8, le=65535, description="tokens per sequence, [CLS] and both [SEP] included")
+    dupe_factor: int = Field(5, ge=1, description="passes over the corpus, each with new pairs and masks")
+    num_shards: int = Field(64, ge=1, description="training shards (validation gets its share)")
+    seed: int = Field(12345, ge=0, lt=2**63, description="all randomness derives from it and stable document ids")
+    validation_fraction: float = Field(0.0, ge=0, lt=1,
+                                       description="fraction of documents (by id hash) held out as the validation split")
+    whole_word_mask: bool = Field(False, description="mask whole words (## pieces with their word)")
+    masked_lm_prob: float = Field(0.15, gt=0, lt=1, description="share of tokens masked")
+    max_predictions_per_seq: int = Field(20, ge=1, description="most masked positions per sequence")
+    short_seq_prob: float = Field(0.1, ge=0, le=1, description="chance of a shorter target length, per document and pass")
+    input_format: Literal["auto", "text", "jsonl"] = Field(
+        "auto", description="auto: .jsonl/.ndjson/.json (optionally compressed) are JSON Lines, the rest text")
+    text_field: str = Field("text", description="JSON Lines field holding the document text")
+    language: str = Field("en", description="language code for sentence segmentation")
+    max_line_bytes: int = Field(ReadParams.max_line_bytes, ge=1024, description="longer lines are cut at whitespace")
+    max_document_bytes: int = Field(ReadParams.max_document_bytes, ge=1024,
+                                    description="larger documents are split at a line boundary")
+    max_json_line_bytes: int = Field(ReadParams.max_json_line_bytes, ge=1024,
+                                     description="longer JSON lines are skipped and counted")
 
     @property
     def pairing(self) -> PairingParams:
@@ -79,13 +68,8 @@ class PreprocessConfig:
 
     @property
     def read_params(self) -> ReadParams:
-        return ReadParams(
-            input_format=self.input_format,
-            text_field=self.text_field,
-            max_line_bytes=self.read.max_line_bytes,
-            max_document_bytes=self.read.max_document_bytes,
-            max_json_line_bytes=self.read.max_json_line_bytes,
-        )
+        return ReadParams(self.input_format, self.text_field, self.max_line_bytes, self.max_document_bytes,
+                          self.max_json_line_bytes)
 
     @property
     def validation_shards(self) -> int:
@@ -93,63 +77,96 @@ class PreprocessConfig:
             return 0
         return max(1, round(self.num_shards * self.validation_fraction))
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """The options as the manifest's ``config`` section records them (reading limits under ``read``)."""
+        d = self.model_dump(exclude={"max_line_bytes", "max_document_bytes", "max_json_line_bytes"})
         d["inputs"] = list(self.inputs)
+        d["read"] = vars(self.read_params)
         return d
 
 
+def flag_of(name: str) -> str:
+    extra = PreprocessConfig.model_fields[name].json_schema_extra or {}
+    return extra.get("flag") or "--" + name.replace("_", "-")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """``argparse`` options made from :class:`PreprocessConfig`'s fields."""
     p = argparse.ArgumentParser(
-        prog="python -m preprocess",
-        description="Shard raw text into tokenized, masked BERT sentence pairs (Arrow). "
-        "Unrecognised options go to Apache Beam (e.g. --runner, --direct_num_workers).",
-    )
-    p.add_argument("--input", action="append", dest="inputs", required=True, metavar="GLOB",
-                   help="input file or glob (local, gs://, s3://, hdfs://); repeat for more")
-    p.add_argument("--output", required=True, help="dataset directory for shards and manifest.json")
-    p.add_argument("--vocab", required=True, help="WordPiece vocab.txt or a tokenizers tokenizer.json")
-    p.add_argument("--lower-case", action=argparse.BooleanOptionalAction, default=True,
-                   help="lower-case and strip accents (vocab.txt only; default: on)")
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--dupe-factor", type=int, default=5, help="passes over the corpus, each with new pairs and masks")
-    p.add_argument("--num-shards", type=int, default=64, help="training shards (validation gets its share)")
-    p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--validation-fraction", type=float, default=0.0,
-                   help="fraction of documents (by id hash) held out as the validation split")
-    p.add_argument("--whole-word-mask", action="store_true")
-    p.add_argument("--masked-lm-prob", type=float, default=0.15)
-    p.add_argument("--max-predictions-per-seq", type=int, default=20)
-    p.add_argument("--short-seq-prob", type=float, default=0.1)
-    p.add_argument("--input-format", default="auto", choices=["auto", "text", "jsonl"],
-                   help="auto: .jsonl/.ndjson/.json (optionally compressed) are JSON Lines, the rest text")
-    p.add_argument("--text-field", default="text", help="JSON Lines field holding the document text")
-    p.add_argument("--language", default="en", help="language code for sentence segmentation")
-    p.add_argument("--max-line-bytes", type=int, default=ReadParams.max_line_bytes)
-    p.add_argument("--max-document-bytes", type=int, default=ReadParams.max_document_bytes)
+        prog="python -m preprocess", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Shard raw text into tokenized, masked BERT sentence pairs (Arrow). Other options go to "
+        "Apache Beam (e.g. --runner, --direct_num_workers); an option neither ours nor Beam's is an error.")
+    for name, field in PreprocessConfig.model_fields.items():
+        kw: dict[str, Any] = {"dest": name, "help": field.description}
+        if field.is_required():
+            kw.update(required=True, default=argparse.SUPPRESS)
+        else:
+            kw["default"] = field.default
+        kind = field.annotation
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif get_origin(kind) is tuple:
+            kw.update(action="append", metavar="GLOB")
+        elif get_origin(kind) is Literal:
+            kw["choices"] = list(get_args(kind))
+        else:
+            kw["type"] = kind
+        p.add_argument(flag_of(name), **kw)
     return p
 
 
+def beam_option_names() -> set[str]:
+    """Every option of Beam's options classes, those of each installed runner included."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    try:  # the Dask runner's options class is defined with the runner (needs dask installed)
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    except ImportError:
+        pass
+    parser = argparse.ArgumentParser(add_help=False)
+    classes, todo = set(), [PipelineOptions]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            if sub not in classes:
+                classes.add(sub)
+                todo.append(sub)
+    for cls in classes:
+        try:
+            cls._add_argparse_args(parser)
+        except argparse.ArgumentError:
+            pass  # an option two classes define: already known
+    return {s for a in parser._actions for s in a.option_strings}
+
+
+def check_beam_args(beam_args: list[str]) -> None:
+    """Refuse an option that no Beam options class knows, suggesting the closest names."""
+    unknown = [a.split("=", 1)[0] for a in beam_args if a.startswith("--")]
+    if not unknown:
+        return
+    known = beam_option_names()
+    ours = [flag_of(n) for n in PreprocessConfig.model_fields]
+    bad = [a for a in unknown if a not in known]
+    if bad:
+        lines = []
+        for a in bad:
+            close = difflib.get_close_matches(a, ours + sorted(known), n=1, cutoff=0.6)
+            lines.append(f"{a}: not an option of this job or of Apache Beam"
+                         + (f"; did you mean {close[0]}?" if close else ""))
+        raise ConfigError("unknown options (nothing was run):\n  " + "\n  ".join(lines))
+
+
 def parse_args(argv: list[str]) -> tuple[PreprocessConfig, list[str]]:
-    """Our config and the remaining (Beam) arguments."""
+    """Our validated config and the remaining (Beam) arguments; :class:`ConfigError` names each bad option."""
     args, beam_args = build_parser().parse_known_args(argv)
-    cfg = PreprocessConfig(
-        inputs=tuple(args.inputs),
-        output=args.output,
-        vocab=args.vocab,
-        lower_case=args.lower_case,
-        max_seq_length=args.max_seq_length,
-        dupe_factor=args.dupe_factor,
-        num_shards=args.num_shards,
-        seed=args.seed,
-        validation_fraction=args.validation_fraction,
-        whole_word_mask=args.whole_word_mask,
-        masked_lm_prob=args.masked_lm_prob,
-        max_predictions_per_seq=args.max_predictions_per_seq,
-        short_seq_prob=args.short_seq_prob,
-        input_format=args.input_format,
-        text_field=args.text_field,
-        language=args.language,
-        read=ReadParams(max_line_bytes=args.max_line_bytes, max_document_bytes=args.max_document_bytes),
-    )
-    return cfg.validate(), beam_args
+    check_beam_args(beam_args)
+    try:
+        return PreprocessConfig(**vars(args)), beam_args
+    except ValidationError as e:
+        problems = [f"{flag_of(str(err['loc'][0]))} {_given(args, err['loc'][0])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid preprocessing options:\n  " + "\n  ".join(problems)) from None
+
+
+def _given(args: argparse.Namespace, name: str) -> str:
+    value = getattr(args, name, None)
+    return " ".join(value) if isinstance(value, (list, tuple)) else str(value)

@@ -6,7 +6,8 @@ document per line in a configurable text field. Either may be gzip/bz2/zstd
 compressed: files are opened through Beam's filesystems, which pick the codec from
 the extension and reach gs://, s3:// and hdfs:// where the Beam extra is installed.
 
-Bad input is skipped item by item and counted by reason (see ``REASONS``):
+Bad input is skipped item by item and counted in ``stats`` by reason (the manifest's
+``documents`` section; the README's table says what each reason means):
 
 * a binary file (many control bytes, or a mostly undecodable start) is skipped whole;
 * an empty file, a corrupt or truncated compressed stream (documents read before the
@@ -37,20 +38,6 @@ FILE_INDEX_BITS = 24
 OFFSET_BITS = 40
 MAX_FILES = 1 << FILE_INDEX_BITS
 MAX_OFFSET = 1 << OFFSET_BITS
-
-REASONS = {
-    "file_binary": "file looks binary (over 10% control bytes or mostly invalid UTF-8): skipped",
-    "file_empty": "file is empty",
-    "file_corrupt": "compressed stream is corrupt or truncated: documents before the fault kept",
-    "file_unreadable": "file could not be opened or read",
-    "line_invalid_utf8": "line had invalid UTF-8: bad bytes replaced, line kept",
-    "line_too_long_split": "line longer than max_line_bytes: cut at whitespace, kept",
-    "document_too_large_split": "document larger than max_document_bytes: split, kept",
-    "json_invalid": "JSON line did not parse or is not an object: skipped",
-    "json_missing_field": "JSON object lacks the text field or it is not a string: skipped",
-    "json_line_too_long": "JSON line longer than max_json_line_bytes: skipped",
-    "document_offset_overflow": "document starts past byte 2**40 of its file: skipped",
-}
 
 
 @dataclass(frozen=True)

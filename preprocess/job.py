@@ -99,7 +99,6 @@ def prepare_output(output: str) -> None:
 
 def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
     """Run the job to completion and return the manifest."""
-    cfg.validate()
     spec = TokenizerSpec(cfg.vocab, cfg.lower_case)
     vocab = vocab_info(build_tokenizer(spec), spec)  # fails here, before any work, on a bad vocab
     files = expand_inputs(cfg.inputs)

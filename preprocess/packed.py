@@ -62,7 +62,7 @@ class Ragged:
         return r
 
     @classmethod
-    def empty(cls, dtype=np.int32) -> Ragged:
+    def empty(cls, dtype: np.typing.DTypeLike = np.int32) -> Ragged:
         return cls(np.zeros(0, dtype=dtype), np.zeros(1, dtype=np.int64))
 
     @classmethod

@@ -1,6 +1,6 @@
 import pytest
 
-from preprocess.config import ConfigError, parse_args
+from preprocess.config import ConfigError, PreprocessConfig, build_parser, flag_of, parse_args
 
 
 def test_our_options_and_beam_options_are_separated():
@@ -27,3 +27,41 @@ def test_validation_gets_its_share_of_shards():
     cfg, _ = parse_args(["--input", "a", "--output", "o", "--vocab", "v", "--num-shards", "400",
                          "--validation-fraction", "0.05"])
     assert cfg.validation_shards == 20
+
+
+def test_a_misspelt_option_fails_before_work_with_the_closest_name():
+    with pytest.raises(ConfigError) as e:
+        parse_args(["--input", "a", "--output", "o", "--vocab", "v", "--max-seq-lenght", "256",
+                    "--direct_num_workers", "2", "--runer", "DirectRunner"])
+    msg = str(e.value)
+    assert "--max-seq-lenght: not an option of this job or of Apache Beam; did you mean --max-seq-length?" in msg
+    assert "--runer" in msg and "did you mean --runner?" in msg
+    assert "--direct_num_workers" not in msg  # Beam's own options pass
+
+
+def test_options_of_every_installed_runner_are_accepted():
+    _, beam = parse_args(["--input", "a", "--output", "o", "--vocab", "v", "--runner", "DataflowRunner",
+                          "--project", "p", "--region", "r", "--temp_location", "gs://b/t", "--flink_master=h:1",
+                          "--spark_master_url", "spark://h:7077", "--environment_type", "LOOPBACK",
+                          "--max_num_workers", "10", "--direct_running_mode=in_memory"])
+    assert "--project" in beam and "--flink_master=h:1" in beam
+
+
+def test_help_shows_every_default_from_the_one_definition(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, field in PreprocessConfig.model_fields.items():
+        assert flag_of(name) in text
+        if not field.is_required():
+            assert f"(default: {field.default})" in text, name
+
+
+def test_the_manifest_config_section_keeps_its_keys():
+    cfg, _ = parse_args(["--input", "a", "--output", "o", "--vocab", "v", "--max-line-bytes", "2048"])
+    d = cfg.to_dict()
+    assert set(d) == {"inputs", "output", "vocab", "lower_case", "max_seq_length", "dupe_factor", "num_shards", "seed",
+                      "validation_fraction", "whole_word_mask", "masked_lm_prob", "max_predictions_per_seq",
+                      "short_seq_prob", "input_format", "text_field", "language", "read"}
+    assert d["read"] == {"input_format": "auto", "text_field": "text", "max_line_bytes": 2048,
+                         "max_document_bytes": 16 << 20, "max_json_line_bytes": 256 << 20}

@@ -31,7 +31,7 @@ def test_worker_processes_share_the_cores_for_tokenization():
 
 
 def test_tokenize_fn_caps_its_thread_pool(monkeypatch, vocab_file):
-    from preprocess.pipeline import _TokenizeFn
+    from preprocess.stages.tokenize import _TokenizeFn
     from preprocess.tokenization import TokenizerSpec
 
     monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
@@ -46,20 +46,3 @@ def test_inputs_are_sorted_deduplicated_and_unmatched_patterns_fail(tmp_path):
     assert [os.path.basename(f) for f in files] == ["a.txt", "b.txt", "c.jsonl"]
     with pytest.raises(ConfigError, match="no files match"):
         expand_inputs((str(tmp_path / "*.gz"),))
-
-
-def test_the_command_tells_beam_it_is_not_in_ipython(monkeypatch):
-    import sys
-    import types
-
-    from apache_beam.utils.interactive_utils import is_in_ipython
-
-    from preprocess.job import not_in_ipython
-
-    monkeypatch.delitem(sys.modules, "IPython", raising=False)
-    not_in_ipython()
-    assert sys.modules["IPython"] is None and is_in_ipython() is False
-    loaded = types.ModuleType("IPython")
-    monkeypatch.setitem(sys.modules, "IPython", loaded)
-    not_in_ipython()  # a process that already imported IPython is left alone
-    assert sys.modules["IPython"] is loaded

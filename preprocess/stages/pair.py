@@ -1,0 +1,135 @@
+"""Stage 3, pair: DocumentBatch -> (bucket, (pairs, random-next requests, donor segments)).
+
+:func:`pair_batch` plans each document's pairs (every pass of ``dupe_factor``) and groups
+the resulting blocks by bucket: a bucket is a contiguous range of the random 64-bit row
+keys (:func:`bucket_of`), so requests and donors meet at random across the whole split
+and key order is bucket order. With a spill directory, the blocks go to a file there and
+only references (:class:`SpilledBlocks`) travel through the shuffle.
+"""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.pvalue import TaggedOutput
+
+from preprocess.packed import DocumentBatch, DonorBlock, PairBlock, RequestBlock, offsets_of
+from preprocess.pairs import DocumentPlan, PairingParams, plan_blocks, plan_document
+from preprocess.stages.counting import STATS, count
+
+Blocks = tuple[PairBlock, RequestBlock, DonorBlock]
+
+
+def bucket_of(keys: np.ndarray, buckets: int) -> np.ndarray:
+    """Buckets are contiguous ranges of the 64-bit key space, so key order is bucket order."""
+    return ((keys >> np.uint64(32)) * np.uint64(buckets)) >> np.uint64(32)
+
+
+def split_by_bucket(block: PairBlock | RequestBlock | DonorBlock, buckets: int) -> dict:
+    """The rows of a block grouped by the bucket of their key."""
+    if len(block) == 0:
+        return {}
+    of = bucket_of(block.key, buckets)
+    order = np.argsort(of, kind="stable")
+    values, starts = np.unique(of[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    return {int(v): block.take(order[a:b]) for v, a, b in zip(values, starts, ends)}
+
+
+def pair_batch(docs: DocumentBatch, params: PairingParams, dupe_factor: int, seed: int,
+               buckets: int) -> tuple[list[tuple[int, Blocks]], list[tuple[int, int]], Counter]:
+    """A batch of documents -> per bucket its blocks, per bucket its row count, and counts."""
+    stats: Counter = Counter(documents=len(docs))
+    plans = []
+    lengths = docs.lengths.tolist()
+    bounds = offsets_of(docs.sentences).tolist()
+    for k, doc_id in enumerate(docs.doc_id.tolist()):
+        plan = DocumentPlan()
+        for pass_index in range(dupe_factor):
+            plan_document(doc_id, lengths[bounds[k] : bounds[k + 1]], pass_index, seed, params, plan)
+        stats["pairs_unpairable"] += plan.unpairable
+        plans.append(plan)
+    pairs, requests, donors = plan_blocks(docs, plans, seed, params.max_num_tokens)
+    by_bucket = [split_by_bucket(block, buckets) for block in (pairs, requests, donors)]
+    items, counts = [], []
+    for bucket in sorted(set().union(*by_bucket)):
+        p = by_bucket[0].get(bucket, PairBlock.empty())
+        q = by_bucket[1].get(bucket, RequestBlock.empty())
+        d = by_bucket[2].get(bucket, DonorBlock.empty())
+        if len(p) or len(q):
+            counts.append((bucket, len(p) + len(q)))
+        items.append((bucket, (p, q, d)))
+    return items, counts, stats
+
+
+@dataclass(frozen=True)
+class SpilledBlocks:
+    """One bucket's pairs, requests and donors from one batch of documents, in a file.
+
+    The tokens between pairing and masking travel through files beside the output
+    (as a distributed runner's shuffle does), and the GroupByKey moves only these
+    references: Beam's local runner would otherwise pass every token through its
+    controlling process, which costs more than the pairing itself.
+    """
+
+    path: str
+    offset: int
+    size: int
+
+    def load(self) -> Blocks:
+        with FileSystems.open(self.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.seek(self.offset)
+            data = f.read(self.size)
+        if len(data) != self.size:
+            raise OSError(f"{self.path}: {len(data)} bytes at {self.offset}, {self.size} written")
+        return pickle.loads(data)
+
+
+def spill(items: list[tuple[int, Blocks]], spill_dir: str, split: str) -> list[tuple[int, SpilledBlocks]]:
+    """Write the blocks to one new file in ``spill_dir``; references to them."""
+    # A name of its own per attempt: a retried bundle never overwrites what another read.
+    path = FileSystems.join(spill_dir, f"{split}-{uuid.uuid4().hex}.blocks")
+    refs, offset = [], 0
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for bucket, blocks in items:
+            data = pickle.dumps(blocks, protocol=pickle.HIGHEST_PROTOCOL)
+            f.write(data)
+            refs.append((bucket, SpilledBlocks(path, offset, len(data))))
+            offset += len(data)
+    return refs
+
+
+class _PairFn(beam.DoFn):
+    def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int,
+                 spill_dir: str | None):
+        self.split, self.params, self.dupe_factor, self.seed, self.buckets = split, params, dupe_factor, seed, buckets
+        self.spill_dir = spill_dir
+
+    def process(self, docs: DocumentBatch):
+        items, counts, stats = pair_batch(docs, self.params, self.dupe_factor, self.seed, self.buckets)
+        for c in counts:
+            yield TaggedOutput("counts", c)
+        yield from spill(items, self.spill_dir, self.split) if self.spill_dir else items
+        yield count(stats, self.split)
+
+
+class CreatePairs(beam.PTransform):
+    """DocumentBatch -> (bucket, (pairs, requests, donors)); row counts per bucket.
+
+    With ``spill_dir`` the blocks are written there and (bucket, SpilledBlocks) emitted.
+    """
+
+    def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int,
+                 spill_dir: str | None = None):
+        super().__init__()
+        self.args = (split, params, dupe_factor, seed, buckets, spill_dir)
+
+    def expand(self, docs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return docs | "Plan" >> beam.ParDo(_PairFn(*self.args)).with_outputs(STATS, "counts", main="items")

@@ -1,0 +1,72 @@
+"""Stage 1, read and segment: (file index, path) -> documents -> (doc_id, sentences).
+
+:func:`read_file` reads one input file into documents, counting what it skips; a file
+that breaks mid-stream keeps the documents read before the fault.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+
+import apache_beam as beam
+
+from preprocess.documents import Document, ReadParams, file_format, open_input, read_documents
+from preprocess.sentences import split_sentences
+from preprocess.stages.counting import NAMESPACE, count
+
+log = logging.getLogger(NAMESPACE)
+COMPRESSED = (".gz", ".bz2", ".zst", ".deflate")
+
+
+def read_file(file_index: int, path: str, params: ReadParams, stats: Counter) -> Iterator[Document]:
+    """The documents of one file; skips and faults are counted in ``stats`` by reason."""
+    stats["files"] += 1
+    try:
+        with open_input(path) as f:
+            yield from read_documents(f, file_index, file_format(path, params), params, stats)
+    except (OSError, EOFError, ValueError, zlib.error) as e:
+        # Corrupt compressed data raises one of these mid-stream: documents already
+        # yielded are kept, the rest of the file is lost and counted.
+        opened = stats["documents_read"] > 0 or stats["line_invalid_utf8"] > 0
+        stats["file_corrupt" if opened or path.lower().endswith(COMPRESSED) else "file_unreadable"] += 1
+        stats["errors"] += 1
+        log.warning("input %s: %s: %s (counted, job continues)", path, type(e).__name__, e)
+
+
+class _ReadFileFn(beam.DoFn):
+    def __init__(self, params: ReadParams):
+        self.params = params
+
+    def process(self, item: tuple[int, str]):
+        stats: Counter = Counter()
+        yield from read_file(*item, self.params, stats)
+        errors = stats.pop("errors", 0)
+        if errors:
+            beam.metrics.Metrics.counter(NAMESPACE, "errors").inc(errors)
+        yield count(stats, "documents")
+
+
+class ReadCorpus(beam.PTransform):
+    """(file index, path) -> Document; stats to the ``stats`` output."""
+
+    def __init__(self, params: ReadParams):
+        super().__init__()
+        self.params = params
+
+    def expand(self, files: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return files | beam.ParDo(_ReadFileFn(self.params)).with_outputs("stats", main="documents")
+
+
+class SplitSentences(beam.PTransform):
+    """Document -> (doc_id, [sentence, ...])."""
+
+    def __init__(self, language: str):
+        super().__init__()
+        self.language = language
+
+    def expand(self, docs: beam.PCollection) -> beam.PCollection:
+        language = self.language
+        return docs | beam.Map(lambda d: (d.doc_id, split_sentences(d.lines, language)))

@@ -1,0 +1,84 @@
+"""Stage 2, tokenize: (doc_id, sentences) batches -> DocumentBatch per split.
+
+:func:`tokenize_batch` encodes a batch of documents' sentences into one packed
+:class:`~preprocess.packed.DocumentBatch`, and :func:`in_validation` assigns documents to
+the validation split by a hash of their id.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.pvalue import TaggedOutput
+
+from preprocess import rng
+from preprocess.packed import DocumentBatch
+from preprocess.stages.counting import STATS, count
+from preprocess.tokenization import SentenceEncoder, TokenizerSpec, build_tokenizer
+
+
+def in_validation(doc_ids: np.ndarray, fraction: float) -> np.ndarray:
+    """Deterministic split by document hash, independent of seed and dupe factor."""
+    if fraction <= 0:
+        return np.zeros(len(doc_ids), dtype=bool)
+    return rng.uniform(rng.mix(rng.PURPOSE_SPLIT, np.asarray(doc_ids, dtype=np.uint64))) < fraction
+
+
+def tokenize_batch(encoder: SentenceEncoder, batch: list[tuple[int, list[str]]], max_sentence_tokens: int,
+                   token_dtype: np.dtype) -> tuple[DocumentBatch, Counter]:
+    """Documents' sentences -> one packed batch (long sentences cut, empty documents dropped) and counts."""
+    per_doc = np.fromiter((len(sents) for _, sents in batch), dtype=np.int64, count=len(batch))
+    ids, lengths = encoder.encode([s for _, sents in batch for s in sents])
+    return DocumentBatch.from_sentences(
+        np.array([doc_id for doc_id, _ in batch], dtype=np.uint64), per_doc, lengths, ids.astype(token_dtype),
+        max_sentence_tokens,
+    )
+
+
+class _TokenizeFn(beam.DoFn):
+    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str, threads: int | None = None,
+                 validation_fraction: float = 0.0):
+        self.spec = spec
+        self.max_sentence_tokens = max_sentence_tokens
+        self.token_dtype = np.dtype(token_dtype)  # uint16 for vocabularies up to 65,536: half the shuffle
+        self.threads = threads
+        self.validation_fraction = validation_fraction
+
+    def setup(self):
+        if self.threads:
+            # Several worker processes share the machine: give each its share of the cores
+            # (set before the tokenizer's thread pool first starts in this process).
+            os.environ["RAYON_NUM_THREADS"] = str(self.threads)
+        self.encoder = SentenceEncoder(build_tokenizer(self.spec))
+
+    def process(self, batch: list[tuple[int, list[str]]]):
+        docs, stats = tokenize_batch(self.encoder, batch, self.max_sentence_tokens, self.token_dtype)
+        yield count(stats, "documents")
+        validation = in_validation(docs.doc_id, self.validation_fraction)
+        if validation.any():
+            yield TaggedOutput("validation", docs.take(np.flatnonzero(validation)))
+        if not validation.all():
+            yield docs.take(np.flatnonzero(~validation)) if validation.any() else docs
+
+
+class TokenizeDocuments(beam.PTransform):
+    """(doc_id, sentences) -> DocumentBatch per split, batched through the tokenizer.
+
+    Outputs: ``train`` and ``validation`` (documents assigned by :func:`in_validation`),
+    and ``stats``.
+    """
+
+    def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str = "int32",
+                 threads: int | None = None, validation_fraction: float = 0.0):
+        super().__init__()
+        self.args = (spec, max_sentence_tokens, token_dtype, threads, validation_fraction)
+
+    def expand(self, docs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return (
+            docs
+            | "Batch" >> beam.BatchElements(min_batch_size=16, max_batch_size=256)
+            | "Encode" >> beam.ParDo(_TokenizeFn(*self.args)).with_outputs(STATS, "validation", main="train")
+        )

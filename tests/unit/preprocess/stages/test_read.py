@@ -1,0 +1,52 @@
+"""Stage 1: reading files into documents, and sentence segmentation."""
+
+import gzip
+from collections import Counter
+
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from preprocess.documents import Document, ReadParams, document_id
+from preprocess.stages.read import ReadCorpus, SplitSentences, read_file
+
+
+def test_read_corpus_reads_text_and_gzip_and_counts_bad_files(tmp_path):
+    (tmp_path / "a.txt").write_text("Doc one.\n\nDoc two.\n")
+    with gzip.open(tmp_path / "b.txt.gz", "wt") as f:
+        f.write("Zipped doc.\n")
+    (tmp_path / "c.bin").write_bytes(b"\x00\x01\x02" * 100)
+    (tmp_path / "d.txt.gz").write_bytes(gzip.compress(b"Before the cut.\n\n" + b"x" * 5000)[:40])
+    files = [(i, str(tmp_path / n)) for i, n in enumerate(["a.txt", "b.txt.gz", "c.bin", "d.txt.gz"])]
+    with TestPipeline() as p:
+        docs, stats = p | beam.Create(files) | ReadCorpus(ReadParams())
+        assert_that(docs | beam.Map(lambda d: (d.doc_id, d.lines)), equal_to([
+            (document_id(0, 0), ["Doc one."]),
+            (document_id(0, 10), ["Doc two."]),
+            (document_id(1, 0), ["Zipped doc."]),
+        ]), label="docs")
+        totals = stats | beam.Map(lambda kv: kv[1]) | beam.FlatMap(dict.items) | beam.CombinePerKey(sum)
+        assert_that(
+            totals | beam.Filter(lambda kv: kv[0] in ("file_binary", "file_corrupt", "files")),
+            equal_to([("file_binary", 1), ("file_corrupt", 1), ("files", 4)]),
+            label="stats",
+        )
+
+
+def test_split_sentences():
+    with TestPipeline() as p:
+        out = p | beam.Create([Document(5, ["One here. Two here.", "Three"])]) | SplitSentences("en")
+        assert_that(out, equal_to([(5, ["One here.", "Two here.", "Three"])]))
+
+
+def test_read_file_keeps_documents_before_a_fault_and_counts_it(tmp_path):
+    path = tmp_path / "cut.txt.gz"
+    data = gzip.compress(b"".join(f"Document number {i}.\n\n".encode() for i in range(20000)))
+    path.write_bytes(data[: len(data) // 2])
+    stats = Counter()
+    docs = list(read_file(3, str(path), ReadParams(), stats))
+    assert 0 < len(docs) < 20000 and docs[0] == Document(document_id(3, 0), ["Document number 0."])
+    assert stats["files"] == 1 and stats["file_corrupt"] == 1 and stats["errors"] == 1
+    stats = Counter()
+    assert list(read_file(0, str(tmp_path / "missing.txt"), ReadParams(), stats)) == []
+    assert stats["file_unreadable"] == 1

@@ -1,0 +1,63 @@
+"""Stage 2: tokenizing documents into packed batches, and the validation split."""
+
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from preprocess.stages.tokenize import TokenizeDocuments, in_validation, tokenize_batch
+from preprocess.tokenization import SentenceEncoder, TokenizerSpec, build_tokenizer
+
+
+def test_tokenize_batches_cuts_long_sentences_and_drops_empty_documents(vocab_file):
+    spec = TokenizerSpec(vocab_file)
+    tok = build_tokenizer(spec)
+    long_sentence = " ".join(["value"] * 40)
+    with TestPipeline() as p:
+        out = (
+            p
+            | beam.Create([(1, ["Return the value.", long_sentence]), (2, ["\x07\x08"])])
+            | TokenizeDocuments(spec, max_sentence_tokens=16)
+        )
+        docs = out.train | beam.FlatMap(
+            lambda b: [(int(d), b.take([i]).lengths.tolist(), int(b.sizes[i])) for i, d in enumerate(b.doc_id)])
+        first = len(tok.encode("Return the value.", add_special_tokens=False).ids)
+        assert_that(docs, equal_to([(1, [first, 16, 16, 8], first + 40)]), label="docs")
+        counts = out.stats | beam.Map(lambda kv: kv[1]) | beam.FlatMap(dict.items) | beam.CombinePerKey(sum)
+        assert_that(
+            counts | beam.Filter(lambda kv: kv[0] in ("document_no_tokens", "sentences_cut_long")),
+            equal_to([("document_no_tokens", 1), ("sentences_cut_long", 1)]),
+            label="stats",
+        )
+
+
+def test_tokenize_routes_documents_to_their_split(vocab_file):
+    spec = TokenizerSpec(vocab_file)
+    ids = list(range(200))
+    expected = in_validation(np.array(ids, dtype=np.uint64), 0.2)
+    with TestPipeline() as p:
+        out = p | beam.Create([(i, [f"Sentence number {i}."]) for i in ids]) | TokenizeDocuments(
+            spec, max_sentence_tokens=16, validation_fraction=0.2)
+        for split, want in (("train", ~expected), ("validation", expected)):
+            got = out[split] | f"Ids[{split}]" >> beam.FlatMap(lambda b: b.doc_id.tolist())
+            assert_that(got, equal_to([i for i in ids if want[i]]), label=split)
+
+
+def test_split_is_by_document_hash_and_near_the_fraction():
+    ids = np.arange(20_000, dtype=np.uint64)
+    val = in_validation(ids, 0.1)
+    assert abs(int(val.sum()) - 2000) < 4 * np.sqrt(20_000 * 0.09)
+    assert np.array_equal(in_validation(ids[:50], 0.1), val[:50])
+    assert not in_validation(ids, 0.0).any()
+
+
+def test_tokenize_batch_packs_documents_with_their_sentence_lengths(vocab_file):
+    tok = build_tokenizer(TokenizerSpec(vocab_file))
+    encoder = SentenceEncoder(tok)
+    batch, stats = tokenize_batch(encoder, [(7, ["Return the value.", "Raise an error."]), (9, ["\x07"])], 64,
+                                  np.dtype(np.uint16))
+    assert batch.doc_id.tolist() == [7] and stats["document_no_tokens"] == 1
+    expected = [tok.encode(s, add_special_tokens=False).ids for s in ("Return the value.", "Raise an error.")]
+    assert batch.lengths.tolist() == [len(e) for e in expected]
+    assert batch.tokens.tolist() == expected[0] + expected[1] and batch.tokens.dtype == np.uint16
