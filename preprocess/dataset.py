@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from preprocess.manifest import MANIFEST_NAME
+from preprocess.manifest import MANIFEST_NAME, content_checksum
 from preprocess.masking import MaskingParams
-from preprocess.shards import FORMAT_NAME, FORMAT_VERSION, ShardInfo
+from preprocess.shards import FORMAT_NAME, READABLE_VERSIONS, ShardInfo
 
 
 class DatasetError(ValueError):
@@ -46,6 +46,7 @@ class DatasetInfo:
     vocab_size: int
     lower_case: bool
     token_dtype: str
+    format_version: int  # 1: no per-row checksums (shards are verified by sha256)
     max_seq_length: int
     masking: MaskingParams
     seed: int
@@ -73,6 +74,7 @@ class DatasetInfo:
                 vocab_size=int(vocab["size"]),
                 lower_case=bool(vocab.get("lower_case", True)),
                 token_dtype=vocab.get("token_dtype", "int32"),
+                format_version=int(manifest["format_version"]),
                 max_seq_length=int(config["max_seq_length"]),
                 masking=MaskingParams(float(config["masked_lm_prob"]), int(config["max_predictions_per_seq"]),
                                       bool(config["whole_word_mask"])),
@@ -134,10 +136,13 @@ def read_manifest(path: str) -> dict[str, Any]:
         raise DatasetError(f"{file}: not a manifest (a JSON object is expected)")
     if manifest.get("format") != FORMAT_NAME:
         raise DatasetError(f"{file}: format {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(
-            f"{file}: format version {manifest.get('format_version')}, this reader reads {FORMAT_VERSION}"
-        )
+    version = manifest.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise DatasetError(f"{file}: format version {version}, this reader reads "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}")
+    if version >= 2 and manifest.get("checksum") != content_checksum(manifest):
+        raise DatasetError(f"{file}: damaged (its content does not match its checksum); restore it from "
+                           "the dataset's source or re-run python -m preprocess")
     return manifest
 
 

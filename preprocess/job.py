@@ -70,6 +70,10 @@ def expand_inputs(patterns: tuple[str, ...]) -> list[str]:
         except Exception as e:  # noqa: BLE001 - Beam raises BeamIOError for a missing literal path
             raise ConfigError(f"--input {pattern}: {e}") from e
         paths = [m.path for m in matched if not m.path.endswith("/")]
+        folders = [p for p in paths if "://" not in p and os.path.isdir(p)]
+        if folders:
+            raise ConfigError(f"--input {pattern}: {folders[0]} is a directory; give files or a glob, "
+                              f"e.g. --input '{folders[0].rstrip('/')}/**/*.txt'")
         if not paths:
             raise ConfigError(f"--input {pattern}: no files match")
         files.update(paths)
@@ -84,6 +88,8 @@ def prepare_output(output: str) -> None:
     The old manifest goes before anything else, so a reader never pairs it with
     new shards; a directory without a manifest is not a dataset.
     """
+    if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
+        raise ConfigError(f"--output {output}: is a file; give a directory (it is created if missing)")
     if not FileSystems.exists(output):
         FileSystems.mkdirs(output)
     manifest = FileSystems.join(output, MANIFEST_NAME)

@@ -2,11 +2,14 @@
 
 ``manifest.json`` is written last, atomically, after every shard is renamed into
 place; a directory without one is not a dataset. It holds no timestamps or host
-names, so the same inputs and seed give the same bytes.
+names, so the same inputs and seed give the same bytes, and its own checksum
+(``checksum``: sha256 of the manifest without that key, see :func:`seal`), so a
+damaged manifest is caught.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -63,7 +66,7 @@ def build_manifest(
     documents: dict[str, int],
     splits: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    return {
+    return seal({
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "config": config,
@@ -71,7 +74,17 @@ def build_manifest(
         "inputs": inputs,
         "documents": dict(sorted(documents.items())),
         "splits": splits,
-    }
+    })
+
+
+def content_checksum(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical bytes, its own ``checksum`` key left out."""
+    return hashlib.sha256(dumps({k: v for k, v in manifest.items() if k != "checksum"})).hexdigest()
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with its ``checksum`` (re)computed."""
+    return {**manifest, "checksum": content_checksum(manifest)}
 
 
 def dumps(manifest: dict[str, Any]) -> bytes:

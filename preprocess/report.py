@@ -37,10 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path", help="dataset directory")
     p.add_argument("--split", default="train")
     p.add_argument("--samples", type=int, default=3)
-    p.add_argument("--verify", default="size", choices=["none", "size", "checksum"])
+    p.add_argument("--verify", default="size", choices=["none", "size", "checksum"],
+                   help="size: shard sizes, schemas and row counts; checksum: also every shard's sha256 and "
+                   "every row's checksum and ranges")
     args = p.parse_args(argv)
     try:
         ds = PretrainingDataset(args.path, args.split, verify=args.verify)
+        checked = ds.verify_all() if args.verify == "checksum" else 0
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     split = info.split(args.split)
     st = split.stats
     print(f"{args.path}: split {args.split}, {split.rows:,} rows, {split.tokens:,} tokens, "
-          f"{len(split.shards)} shards (verified: {args.verify})")
+          f"{len(split.shards)} shards (verified: {args.verify}"
+          + (f": every shard's sha256 and all {checked:,} rows' checksums and ranges)" if checked else ")"))
     print(f"vocab {os.path.basename(info.vocab_file)} size {info.vocab_size} fingerprint {info.vocab_fingerprint}")
     cfg = info.options
     print(f"max_seq_length {cfg['max_seq_length']}, dupe_factor {cfg['dupe_factor']}, seed {cfg['seed']}, "

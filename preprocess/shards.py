@@ -12,13 +12,15 @@ column                    type                meaning
 ``masked_lm_labels``      list<uint16|int32>  original ids at those positions
 ``next_sentence_label``   int8                0 = B follows A, 1 = B is random (BERT's convention)
 ``doc_id_a``/``doc_id_b`` uint64              source documents (see :mod:`preprocess.documents`)
+``row_checksum``          uint64              a hash of the row's values (:mod:`preprocess.integrity`)
 ========================  ==================  ===================================================
 
 Token columns are uint16 when the vocabulary has at most 65,536 entries, else int32.
 The original sequence is ``input_ids`` with ``masked_lm_labels`` written back at
 ``masked_lm_positions``, so the trainer can re-mask dynamically.
 
-Schema metadata carries the format version, vocabulary fingerprint and size,
+Format version 2 added ``row_checksum`` (version 1 shards, without it, are verified by
+their sha256 instead). Schema metadata carries the format version, vocabulary fingerprint and size,
 max_seq_length, masking parameters and seed; the reader checks them against the
 manifest. Shards are written under a temporary name and renamed when complete.
 """
@@ -32,11 +34,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from preprocess.integrity import Rows, row_checksums
 from preprocess.masking import MaskingParams, MaskVocab, mask_batch
 from preprocess.packed import PairBlock, offsets_of
 
 FORMAT_NAME = "bert-pretraining-arrow"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no row_checksum column
 BATCH_ROWS = 8192
 
 
@@ -50,6 +54,7 @@ def schema(token_dtype: np.dtype, metadata: dict[str, str] | None = None) -> pa.
         pa.field("next_sentence_label", pa.int8(), nullable=False),
         pa.field("doc_id_a", pa.uint64(), nullable=False),
         pa.field("doc_id_b", pa.uint64(), nullable=False),
+        pa.field("row_checksum", pa.uint64(), nullable=False),
     ]
     return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in (metadata or {}).items()})
 
@@ -92,15 +97,19 @@ def build_rows(pairs: PairBlock, spec: RowSpec) -> tuple[pa.RecordBatch, dict]:
     tokens, offsets, b_starts = frame_pairs(pairs, spec.cls_id, spec.sep_id)
     masked = mask_batch(tokens, offsets, b_starts, pairs.key, spec.masking, spec.mask_vocab)
     label_offsets = pa.array(masked.label_offsets.astype(np.int32))
+    rows = Rows(masked.input_ids.astype(dtype), offsets, masked.positions.astype(np.uint16), masked.labels.astype(dtype),
+                masked.label_offsets, b_starts.astype(np.uint16), pairs.random_next.astype(np.int8),
+                pairs.doc_a.astype(np.uint64), pairs.doc_b.astype(np.uint64))
     batch = pa.RecordBatch.from_arrays(
         [
-            pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(masked.input_ids.astype(dtype))),
-            pa.array(b_starts.astype(np.uint16)),
-            pa.ListArray.from_arrays(label_offsets, pa.array(masked.positions.astype(np.uint16))),
-            pa.ListArray.from_arrays(label_offsets, pa.array(masked.labels.astype(dtype))),
-            pa.array(pairs.random_next.astype(np.int8)),
-            pa.array(pairs.doc_a.astype(np.uint64)),
-            pa.array(pairs.doc_b.astype(np.uint64)),
+            pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(rows.ids)),
+            pa.array(rows.b_start),
+            pa.ListArray.from_arrays(label_offsets, pa.array(rows.positions)),
+            pa.ListArray.from_arrays(label_offsets, pa.array(rows.labels)),
+            pa.array(rows.nsp),
+            pa.array(rows.doc_a),
+            pa.array(rows.doc_b),
+            pa.array(row_checksums(rows)),
         ],
         schema=schema(dtype),
     )

@@ -47,13 +47,21 @@ def main(argv: list[str] | None = None) -> int:
 
         state = train(cfg, world_from_env())
     except (ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     if state["finished"]:
         print(f"finished at step {state['step']} ({state['samples']} samples)")
     else:
         print(f"stopped at step {state['step']} ({state['samples']} samples), checkpointed: run again to resume")
     return 0
+
+
+def one_line(e: Exception) -> str:
+    """The error's own message: a DataLoader worker's error arrives wrapped with the worker's
+    traceback ("Caught DatasetError in DataLoader worker process 0. Original Traceback ...")."""
+    text = str(e)
+    marker = f"{type(e).__name__}: "
+    return text.rsplit(marker, 1)[1].strip() if "Original Traceback" in text and marker in text else text
 
 
 if __name__ == "__main__":

@@ -163,7 +163,8 @@ def load_config(paths: str | list[str], overrides: list[str] | None = None) -> T
             if not field:  # a check across fields: its message names them
                 problems.append(msg)
                 continue
-            source = next((f"override {by_key[k]}" for k in by_key if field == k or field.startswith(k + ".")),
+            source = next((f"override {by_key[k]}" for k in by_key
+                           if field == k or field.startswith(k + ".") or k.startswith(field + ".")),
                           f"config {' + '.join(paths)}")
             problems.append(f"{source}: {field}: {msg}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

@@ -111,8 +111,13 @@ class RowDataset(Dataset):
         return len(self.data)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
-        i, epoch = item if isinstance(item, tuple) else (item, 0)
-        return {**self.data[i], "index": i, "epoch": epoch}
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: list[int | tuple[int, int]]) -> list[dict]:
+        """A micro-batch's rows in one call (the DataLoader's batched fetch), verified together."""
+        pairs = [item if isinstance(item, tuple) else (item, 0) for item in items]
+        rows = self.data.rows([i for i, _ in pairs])
+        return [{**row, "index": i, "epoch": epoch} for row, (i, epoch) in zip(rows, pairs)]
 
 
 class Remasker:

@@ -24,6 +24,7 @@ class Evaluator:
         """``data``: the evaluated split; rank ``rank`` of ``world`` reads every ``world``-th micro-batch."""
         total = min(len(data) // micro_batch, max_batches * world)
         batches = [list(range(b * micro_batch, (b + 1) * micro_batch)) for b in range(rank, total, world)]
+        data.rows([i for b in batches for i in b])  # verified before the first evaluation, not during it
         self.loader = DataLoader(
             RowDataset(data), batch_sampler=batches,
             collate_fn=collator_for(data),

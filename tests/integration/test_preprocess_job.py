@@ -85,6 +85,8 @@ def bad_corpus(tmp_path, corpus_docs):
     (d / "latin1.txt").write_bytes("Un café très chaud. Le thé aussi.\nOui.\n".encode("latin-1"))
     (d / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64)
     (d / "empty.txt").write_bytes(b"")
+    (d / "nul.txt").write_bytes(b"\x00" * 4096)  # NUL bytes only
+    (d / "fake.txt.gz").write_bytes(b"Plain text that claims to be gzip.\n")
     (d / "one-sentence.txt").write_text("Only one sentence here.\n\nAnother lone sentence.\n")
     (d / "control.txt").write_text("Bell\x07 and\x1b escape \x00chars are dropped. Text stays.\n")
     (d / "scripts.txt").write_text("東京は大きな都市です。人が多い。\n\nМосква — столица. Там холодно.\n")
@@ -106,9 +108,9 @@ def test_bad_input_is_counted_and_every_usable_document_contributes(bad_corpus, 
     out = tmp_path / "out"
     manifest = run_job([str(d / "*")], out, vocab_file, "--dupe-factor", "3", "--num-shards", "2", workers=2)
     docs = manifest["documents"]
-    assert docs["file_binary"] == 1
+    assert docs["file_binary"] == 2  # image.png, nul.txt
     assert docs["file_empty"] == 1
-    assert docs["file_corrupt"] == 1
+    assert docs["file_corrupt"] == 2  # truncated.txt.gz, fake.txt.gz
     assert docs["line_invalid_utf8"] == 1
     assert docs["line_too_long_split"] == 49 + 2  # cuts: 50 MiB into 1 MiB pieces; 3 MB line into 3
     assert docs["document_too_large_split"] == 3  # 50 MiB of one document over 16 MiB parts

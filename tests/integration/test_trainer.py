@@ -129,7 +129,7 @@ def wandb_history(run_dir: Path) -> dict[str, dict[int, dict]]:
     """{offline run directory name: {step: logged values}}, read back with `wandb leet inspect --json`."""
     out = {}
     for d in sorted((run_dir / "wandb").glob("offline-run-*")):
-        proc = subprocess.run(["wandb", "leet", "inspect", "--json", str(d)], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(d)], capture_output=True, text=True,
                               timeout=120, check=True)
         history = {}
         for line in proc.stdout.splitlines():
@@ -251,7 +251,7 @@ def test_bf16_and_cpu_offload_train(dataset, tmp_path, extra):
 def test_the_deepspeed_launcher_runs_the_same_training_as_torchrun(dataset, tmp_path):
     steps = ("optim.total_steps=3",)
     train(dataset, tmp_path / "torchrun", *steps, ranks=2)
-    cmd = ["deepspeed", "--num_accelerators", "2", "--master_port", str(free_port()), "--module", "pretrain",
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", "2", "--master_port", str(free_port()), "--module", "pretrain",
            *command(dataset, tmp_path / "deepspeed", *steps)[3:]]
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,6 +4,7 @@ import shutil
 import pytest
 
 from preprocess.dataset import DatasetError, DatasetInfo
+from preprocess.manifest import seal
 from preprocess.masking import MaskingParams
 from preprocess.tokenization import vocab_file_fingerprint
 
@@ -30,8 +31,13 @@ def test_unknown_split_and_damaged_manifest_name_the_file(dataset, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(dataset, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    del manifest["config"]["max_seq_length"]
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    changed = json.loads(json.dumps(manifest))
+    changed["splits"]["train"]["rows"] += 1  # a damaged manifest that is still valid JSON
+    (copy / "manifest.json").write_text(json.dumps(changed))
+    with pytest.raises(DatasetError, match=r"manifest.json: damaged \(its content does not match its checksum\)"):
+        DatasetInfo.load(str(copy))
+    del manifest["config"]["max_seq_length"]  # consistent, but not what a reader needs
+    (copy / "manifest.json").write_text(json.dumps(seal(manifest)))
     with pytest.raises(DatasetError, match=r"manifest.json: missing or malformed entry .*max_seq_length"):
         DatasetInfo.load(str(copy))
     (copy / "manifest.json").write_text("[1, 2]")

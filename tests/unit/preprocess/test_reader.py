@@ -1,3 +1,4 @@
+import hashlib
 import json
 import shutil
 
@@ -5,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from preprocess.manifest import seal
 from preprocess.reader import DatasetError, PretrainingDataset
 
 
@@ -70,6 +72,58 @@ def test_corrupt_bytes_are_caught_by_checksum(copy):
         PretrainingDataset(str(copy), verify="checksum")
 
 
+def flip_middle(path, n=200):
+    """Bit rot of the right size: ``n`` bytes in the middle of the file inverted."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + n] = bytes(b ^ 0xFF for b in data[mid : mid + n])
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_row_is_never_returned(copy):
+    clean = PretrainingDataset(str(copy))
+    flip_middle(copy / "train" / "shard-00001-of-00004.arrow")
+    ds = PretrainingDataset(str(copy))  # opens: sizes, schemas and row counts are intact
+    first_of_shard_1 = ds.info.split("train").shards[0].rows
+    bad = []
+    for i in range(len(ds)):
+        try:
+            row = ds[i]
+        except DatasetError as e:
+            assert "shard-00001-of-00004.arrow: row " in str(e) and "is damaged" in str(e)
+            bad.append(i)
+            continue
+        assert np.array_equal(row["input_ids"], clean[i]["input_ids"])  # every row returned is intact
+    assert bad and all(first_of_shard_1 <= i < first_of_shard_1 + ds.info.split("train").shards[1].rows for i in bad)
+    with pytest.raises(DatasetError, match=r"shard-00001-of-00004\.arrow: row \d+ is damaged"):
+        ds.verify_all()
+    with pytest.raises(DatasetError, match=r"shard-00001-of-00004\.arrow: row \d+ is damaged"):
+        ds.rows(list(range(len(ds))))  # one damaged row fails the micro-batch that holds it
+
+
+def test_format_1_shards_without_row_checksums_are_verified_whole(copy):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for s in manifest["splits"]["train"]["shards"]:
+        path = copy / s["path"]
+        table = pa.ipc.open_file(str(path)).read_all().drop_columns(["row_checksum"])
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+        data = sink.getvalue().to_pybytes()
+        path.write_bytes(data)
+        s["bytes"], s["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    manifest["format_version"] = 1
+    del manifest["checksum"]  # format 1 had none
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    ds = PretrainingDataset(str(copy))
+    assert ds.info.format_version == 1 and len(ds.rows(list(range(10)))) == 10
+    flip_middle(copy / "train" / "shard-00002-of-00004.arrow")
+    ds = PretrainingDataset(str(copy))
+    ds[0]  # shard 0 is intact
+    with pytest.raises(DatasetError, match=r"shard-00002-of-00004\.arrow: sha256 does not match"):
+        ds[sum(s.rows for s in ds.info.split("train").shards[:2])]  # the first row of shard 2
+
+
 def test_shard_from_another_vocabulary_is_rejected(copy):
     victim = copy / "train" / "shard-00003-of-00004.arrow"
     table = pa.ipc.open_file(str(victim)).read_all()
@@ -84,7 +138,7 @@ def test_shard_from_another_vocabulary_is_rejected(copy):
     for s in manifest["splits"]["train"]["shards"]:
         if s["path"].endswith("shard-00003-of-00004.arrow"):
             s["bytes"] = len(data)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "manifest.json").write_text(json.dumps(seal(manifest)))
     with pytest.raises(DatasetError, match=r"shard-00003-of-00004\.arrow: made with vocabulary 0+, .*another dataset"):
         PretrainingDataset(str(copy))
 

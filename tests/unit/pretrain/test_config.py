@@ -8,6 +8,7 @@ from pretrain.config import ConfigError, apply_overrides, check_against, load_co
 def data_with(**rows: int) -> DatasetInfo:
     """A dataset's face with the given rows per split (nothing else matters to these checks)."""
     return DatasetInfo(path="d", vocab_file="d/vocab.txt", vocab_fingerprint="f", vocab_size=100, lower_case=True,
+                       format_version=2,
                        token_dtype="uint16", max_seq_length=128, masking=MaskingParams(), seed=1,
                        splits={k: SplitInfo(k, n, n * 100, (), {}) for k, n in rows.items()}, inputs=(),
                        documents={}, options={})

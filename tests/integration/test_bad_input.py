@@ -1,0 +1,159 @@
+"""Bad input to both command lines, case by case: the exit code, one clear line naming what and
+where, no traceback, and nothing else lost (no output made, the dataset and run left as they were).
+
+Bad *content* among good input (binary, empty, NUL-only, fake or truncated gzip, a 50 MB line,
+broken JSON lines) is not an error but a counted skip: see
+``test_preprocess_job.py::test_bad_input_is_counted_and_every_usable_document_contributes``.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+
+
+def assert_one_clear_line(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    message = errors[0] + "\n" + proc.stderr.split(errors[0], 1)[1]  # with its indented detail lines
+    for needle in needles:
+        assert needle in message, (needle, message)
+    return errors[0]
+
+
+# --------------------------------------------------------------------------- python -m preprocess
+def _file(tmp: Path, name: str, data: bytes) -> str:
+    (tmp / name).write_bytes(data)
+    return str(tmp / name)
+
+
+PREPROCESS_CASES = {
+    # name: (argument changes given (tmp, corpus_dir, vocab), exit code, what the line must say)
+    "directory as input": (lambda t, c, v: {"--input": str(c)}, 2, ["is a directory", "**/*.txt"]),
+    "glob matching nothing": (lambda t, c, v: {"--input": str(c / "*.nope")}, 2, ["*.nope: no files match"]),
+    "missing vocabulary": (lambda t, c, v: {"--vocab": str(t / "missing.txt")}, 2,
+                           ["cannot read vocabulary", "missing.txt"]),
+    "binary vocabulary": (lambda t, c, v: {"--vocab": _file(t, "v.bin", bytes(range(256)) * 8)}, 2,
+                          ["v.bin is not UTF-8"]),
+    "vocabulary without specials": (lambda t, c, v: {"--vocab": _file(t, "v.txt", b"[UNK]\na\nb\n")}, 2,
+                                    ["v.txt lacks BERT special tokens: [PAD], [CLS]"]),
+    "output is a file": (lambda t, c, v: {"--output": _file(t, "taken", b"keep me")}, 2,
+                         ["--output", "taken: is a file"]),
+    "zero shards": (lambda t, c, v: {"--num-shards": "0"}, 2, ["--num-shards 0: Input should be greater"]),
+    "sequence length too short": (lambda t, c, v: {"--max-seq-length": "4"}, 2, ["--max-seq-length 4"]),
+    "sequence length too long": (lambda t, c, v: {"--max-seq-length": "70000"}, 2, ["--max-seq-length 70000"]),
+    "probability above 1": (lambda t, c, v: {"--masked-lm-prob": "1.5"}, 2, ["--masked-lm-prob 1.5"]),
+    "negative probability": (lambda t, c, v: {"--short-seq-prob": "-0.1"}, 2, ["--short-seq-prob -0.1"]),
+    "not a number": (lambda t, c, v: {"--dupe-factor": "five"}, 2, ["--dupe-factor", "invalid int value"]),
+    "misspelt option": (lambda t, c, v: {"--max-seq-lenght": "256"}, 2, ["did you mean --max-seq-length?"]),
+    "only empty input": (lambda t, c, v: {"--input": _file(t, "empty.txt", b"")}, 1,
+                         ["no training sequences were produced"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PREPROCESS_CASES))
+def test_preprocess_rejects(case, corpus_dir, vocab_file, tmp_path):
+    change, code, needles = PREPROCESS_CASES[case]
+    options = {"--input": str(corpus_dir / "part-000.txt"), "--output": str(tmp_path / "out"), "--vocab": vocab_file,
+               "--num-shards": "1", "--dupe-factor": "1"}
+    options.update(change(tmp_path, corpus_dir, Path(vocab_file)))
+    args = [a for k, v in options.items() for a in (k, v)] + ["--direct_running_mode=in_memory"]
+    proc = run("preprocess", *args)
+    if case == "not a number":  # argparse's own message: usage, then one error line
+        assert proc.returncode == 2 and "invalid int value: 'five'" in proc.stderr and "Traceback" not in proc.stderr
+        return
+    assert_one_clear_line(proc, code, *needles)
+    if code == 2:  # refused before any work: nothing written
+        assert not (tmp_path / "out").exists()
+    if case == "output is a file":
+        assert (tmp_path / "taken").read_bytes() == b"keep me"
+
+
+# --------------------------------------------------------------------------- python -m pretrain
+def _flip(path: Path, every: int = 256) -> None:
+    """Bit rot throughout a file, its size unchanged: one byte in ``every`` inverted past the header."""
+    data = bytearray(path.read_bytes())
+    for i in range(4096, len(data) - 4096, every):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _shard(d: Path) -> Path:
+    return sorted((d / "train").glob("shard-*.arrow"))[0]
+
+
+def _damage(kind: str, data: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    """Damage a copy of the dataset (or make a bad config); the extra arguments and what the line says."""
+    if kind == "missing data directory":
+        return [f"data.path={tmp / 'nowhere'}"], ["nowhere/manifest.json: no manifest"]
+    if kind == "directory that is not a dataset":
+        (tmp / "plain").mkdir()
+        (tmp / "plain" / "notes.txt").write_text("hello")
+        return [f"data.path={tmp / 'plain'}"], ["plain/manifest.json: no manifest"]
+    if kind == "truncated shard":
+        shard = _shard(data)
+        shard.write_bytes(shard.read_bytes()[:-1000])
+        return [], [shard.name, "truncated or replaced"]
+    if kind == "manifest not JSON":
+        (data / "manifest.json").write_text("{not json")
+        return [], ["manifest.json: not valid JSON"]
+    if kind == "manifest damaged":
+        text = (data / "manifest.json").read_text()
+        (data / "manifest.json").write_text(text.replace('"seed": 12345', '"seed": 12346'))
+        return [], ["manifest.json: damaged"]
+    if kind == "bit-flipped shards":
+        for shard in (data / "train").glob("shard-*.arrow"):
+            _flip(shard)
+        return [], ["shard-0000", "arrow: row ", "is damaged", "--verify checksum"]
+    if kind == "bad YAML":
+        (tmp / "bad.yaml").write_text("optim: [unclosed\n")
+        return ["--config", str(tmp / "bad.yaml")], ["bad.yaml: not valid YAML"]
+    if kind == "unknown section":
+        return ["optimiser.lr=1e-3"], ["override optimiser.lr=1e-3: optimiser: Extra inputs are not permitted"]
+    if kind == "out-of-range value":
+        return ["optim.lr=-1"], ["override optim.lr=-1: optim.lr: Input should be greater than 0"]
+    if kind == "not a number":
+        return ["optim.lr=abc"], ["override optim.lr=abc: optim.lr: Input should be a valid number"]
+    if kind == "missing config file":
+        return ["--config", str(tmp / "nope.yaml")], ["nope.yaml: No such file"]
+    raise AssertionError(kind)
+
+
+PRETRAIN_CASES = ["missing data directory", "directory that is not a dataset", "truncated shard",
+                  "manifest not JSON", "manifest damaged", "bit-flipped shards", "bad YAML", "unknown section",
+                  "out-of-range value", "not a number", "missing config file"]
+
+
+@pytest.mark.parametrize("case", PRETRAIN_CASES)
+def test_pretrain_rejects(case, dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    extra, needles = _damage(case, data, tmp_path)
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    run_dir = tmp_path / "run"
+    proc = run("pretrain", "--config", "configs/tiny-cpu.yaml", f"data.path={data}", f"run_dir={run_dir}",
+               "data.num_workers=0", "optim.total_steps=20", "optim.warmup_steps=1", "logging.wandb=disabled",
+               *extra)
+    assert_one_clear_line(proc, 2, *needles)
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before  # the dataset is untouched
+    if case != "bit-flipped shards":  # refused before any work
+        assert not run_dir.exists()
+    else:  # stopped at the first damaged row, before any step used it: nothing was checkpointed
+        assert not (run_dir / "checkpoints").exists()
+        assert not (run_dir / "metrics.jsonl").exists() or not json.loads(
+            "[" + ",".join((run_dir / "metrics.jsonl").read_text().split()) + "]")
