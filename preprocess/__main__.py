@@ -8,6 +8,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     command = argv is None  # run as the program, not called by other code
     argv = sys.argv[1:] if argv is None else argv
+    from preprocess import logs
+
+    logs.setup(verbose="--verbose" in argv)  # before Beam is imported: it logs while importing
     if argv and argv[0] == "inspect":
         from preprocess.report import main as inspect_main
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from preprocess.cli import parser
 from preprocess.documents import ReadParams
 from preprocess.masking import MaskingParams
 from preprocess.pairs import PairingParams
@@ -92,10 +93,9 @@ def flag_of(name: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """``argparse`` options made from :class:`PreprocessConfig`'s fields."""
-    p = argparse.ArgumentParser(
-        prog="python -m preprocess", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Shard raw text into tokenized, masked BERT sentence pairs (Arrow). Other options go to "
-        "Apache Beam (e.g. --runner, --direct_num_workers); an option neither ours nor Beam's is an error.")
+    p = parser("python -m preprocess",
+               "Shard raw text into tokenized, masked BERT sentence pairs (Arrow). Other options go to Apache "
+               "Beam (e.g. --runner, --direct_num_workers); an option neither ours nor Beam's is an error.")
     for name, field in PreprocessConfig.model_fields.items():
         kw: dict[str, Any] = {"dest": name, "help": field.description}
         if field.is_required():
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kw["type"] = kind
         p.add_argument(flag_of(name), **kw)
+    p.add_argument("--verbose", action="store_true", help="show third-party libraries' logs and warnings too")
     return p
 
 
@@ -160,8 +161,9 @@ def parse_args(argv: list[str]) -> tuple[PreprocessConfig, list[str]]:
     """Our validated config and the remaining (Beam) arguments; :class:`ConfigError` names each bad option."""
     args, beam_args = build_parser().parse_known_args(argv)
     check_beam_args(beam_args)
+    options = {k: v for k, v in vars(args).items() if k != "verbose"}
     try:
-        return PreprocessConfig(**vars(args)), beam_args
+        return PreprocessConfig(**options), beam_args
     except ValidationError as e:
         problems = [f"{flag_of(str(err['loc'][0]))} {_given(args, err['loc'][0])}: {err['msg']}" for err in e.errors()]
         raise ConfigError("invalid preprocessing options:\n  " + "\n  ".join(problems)) from None

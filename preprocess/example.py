@@ -9,7 +9,6 @@ The tests use the same corpus.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import inspect
@@ -17,6 +16,8 @@ import io
 import sys
 import warnings
 from pathlib import Path
+
+from preprocess.cli import parser
 
 MODULES = (
     "json argparse collections functools itertools os pathlib re subprocess threading asyncio logging "
@@ -111,10 +112,15 @@ def prepare(out: Path, vocab_size: int = 8000, beam_args: list[str] | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m preprocess.example", description=__doc__.split("\n\n")[0])
+    ap = parser("python -m preprocess.example", __doc__.split("\n\n")[0])
     ap.add_argument("--output", default="demo", help="directory for corpus/, vocab.txt and data/")
-    ap.add_argument("--vocab-size", type=int, default=8000)
+    ap.add_argument("--vocab-size", type=int, default=8000, help="size of the vocabulary trained on the corpus")
+    ap.add_argument("--verbose", action="store_true", help="show third-party libraries' logs and warnings too")
     args, beam_args = ap.parse_known_args(argv)
+    from preprocess import logs
+
+    logs.setup(args.verbose)
+    beam_args += ["--verbose"] if args.verbose else []
     out = Path(args.output)
     from preprocess.report import main as inspect_main
 

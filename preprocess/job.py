@@ -8,10 +8,14 @@ through unchanged, so the same command runs on Dataflow, Flink or Spark.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -21,6 +25,7 @@ from preprocess.config import ConfigError, PreprocessConfig
 from preprocess.documents import MAX_FILES
 from preprocess.manifest import MANIFEST_NAME
 from preprocess.pipeline import build_pipeline
+from preprocess.progress import PROGRESS_DIR_VARIABLE, JobMonitor
 from preprocess.shards import remove_parts
 from preprocess.tokenization import (
     TokenizerSpec,
@@ -50,7 +55,23 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | No
         direct.direct_num_workers = os.cpu_count() or 1
     if not given("--direct_running_mode"):
         direct.direct_running_mode = "multi_processing" if direct.direct_num_workers > 1 else "in_memory"
-    return opts, FnApiRunner()
+    return opts, FnApiRunner(provision_info=_worker_provision(opts))
+
+
+def _worker_provision(opts: PipelineOptions) -> object | None:
+    """What the local runner tells its worker processes: the harness's log level, which the runner
+    itself does not pass on (its workers otherwise log every routine step at INFO)."""
+    level = opts.get_all_options().get("default_sdk_harness_log_level")
+    if not level:
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
+    from google.protobuf import struct_pb2
+
+    options = struct_pb2.Struct()
+    options.update({"default_sdk_harness_log_level": level})
+    return ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(retrieval_token="unused-retrieval-token",
+                                                                      pipeline_options=options))
 
 
 def local_tokenizer_threads(opts: PipelineOptions) -> int | None:
@@ -114,9 +135,28 @@ def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
     log.info("preprocessing %d input files into %s", len(files), cfg.output)
     p = beam.Pipeline(runner=runner, options=opts) if runner else beam.Pipeline(options=opts)
     build_pipeline(p, cfg, files, vocab, local_tokenizer_threads(opts) if runner else None)
-    p.run().wait_until_finish()
+    if runner is None:  # a distributed runner shows progress in its own console
+        p.run().wait_until_finish()
+    else:
+        with local_progress(len(files), cfg.num_shards + cfg.validation_shards):
+            p.run().wait_until_finish()
     with FileSystems.open(FileSystems.join(cfg.output, MANIFEST_NAME)) as f:
         return json.loads(f.read())
+
+
+@contextlib.contextmanager
+def local_progress(files: int, shards: int) -> Iterator[None]:
+    """Progress of a local run, from its worker processes' counters (see :mod:`preprocess.progress`)."""
+    directory = tempfile.mkdtemp(prefix="preprocess-progress-")
+    os.environ[PROGRESS_DIR_VARIABLE] = directory  # inherited by the local worker processes
+    monitor = JobMonitor(directory, files, shards)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.stop()
+        os.environ.pop(PROGRESS_DIR_VARIABLE, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def summary(manifest: dict) -> str:
@@ -137,6 +177,14 @@ def summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+def quiet_workers(beam_args: list[str]) -> list[str]:
+    """Beam options that keep local worker processes to warnings, unless the command line sets them."""
+    from preprocess.logs import BEAM_WORKER_OPTIONS
+
+    given = {a.split("=", 1)[0] for a in beam_args}
+    return [o for o in BEAM_WORKER_OPTIONS if o.split("=", 1)[0] not in given]
+
+
 def not_in_ipython() -> None:
     """Tell Beam, cheaply, that this command is not an IPython session.
 
@@ -150,12 +198,15 @@ def not_in_ipython() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from preprocess import logs
     from preprocess.config import parse_args
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in argv
+    logs.setup(verbose)
     try:
-        cfg, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
-        manifest = run(cfg, beam_args)
+        cfg, beam_args = parse_args(argv)
+        manifest = run(cfg, beam_args if verbose else beam_args + quiet_workers(beam_args))
     except (ConfigError, VocabError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from preprocess.cli import parser
 from preprocess.documents import document_source
 from preprocess.reader import DatasetError, PretrainingDataset
+
+LEGEND = ("legend: A and B are the two segments; [CLS] and [SEP] frame them. A masked position shows what the "
+          "model sees, a slash and the original: [MASK]/word (replaced by [MASK]), other/word (replaced by a random "
+          "token), word/= (left unchanged, still predicted).")
 
 
 def render_row(row: dict, tokens: list[str], inputs: list[str]) -> str:
@@ -33,10 +37,10 @@ def render_row(row: dict, tokens: list[str], inputs: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m preprocess inspect")
+    p = parser("python -m preprocess inspect", __doc__)
     p.add_argument("path", help="dataset directory")
-    p.add_argument("--split", default="train")
-    p.add_argument("--samples", type=int, default=3)
+    p.add_argument("--split", default="train", help="the split to report on")
+    p.add_argument("--samples", type=int, default=3, help="rows to decode and show")
     p.add_argument("--verify", default="size", choices=["none", "size", "checksum"],
                    help="size: shard sizes, schemas and row counts; checksum: also every shard's sha256 and "
                    "every row's checksum and ranges")
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     print("length histogram: " + " ".join(buckets))
     print("documents: " + ", ".join(f"{k} {v}" for k, v in info.documents.items()))
     tokens = info.tokens()
+    print(LEGEND)
     for i in range(min(args.samples, len(ds))):
         print(f"row {i}:")
         print(render_row(ds[i], tokens, list(info.inputs)))

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from apache_beam.io.filesystems import FileSystems
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+from preprocess.cli import parser
 from preprocess.documents import ReadParams, file_format, open_input, read_documents
 from preprocess.tokenization import MAX_INPUT_CHARS_PER_WORD, SPECIAL_TOKENS
 
@@ -64,14 +65,17 @@ def write_vocab_txt(tok: Tokenizer, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bert-train-vocab", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", action="append", required=True, dest="inputs", metavar="GLOB")
+    p = parser("bert-train-vocab", __doc__.split("\n\n")[0])
+    p.add_argument("--input", action="append", required=True, dest="inputs", metavar="GLOB",
+                   help="corpus file or glob; repeat for more")
     p.add_argument("--output", required=True, help="vocab.txt to write")
-    p.add_argument("--vocab-size", type=int, default=30522)
-    p.add_argument("--min-frequency", type=int, default=2)
-    p.add_argument("--lower-case", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--input-format", default="auto", choices=["auto", "text", "jsonl"])
-    p.add_argument("--text-field", default="text")
+    p.add_argument("--vocab-size", type=int, default=30522, help="tokens in the vocabulary, specials included")
+    p.add_argument("--min-frequency", type=int, default=2, help="fewest occurrences for a merge")
+    p.add_argument("--lower-case", action=argparse.BooleanOptionalAction, default=True,
+                   help="lower-case and strip accents (an uncased vocabulary)")
+    p.add_argument("--input-format", default="auto", choices=["auto", "text", "jsonl"],
+                   help="auto: by extension, as python -m preprocess")
+    p.add_argument("--text-field", default="text", help="JSON Lines field holding the text")
     p.add_argument("--tokenizer-json", help="also write the tokenizer as tokenizer.json here")
     args = p.parse_args(argv)
 

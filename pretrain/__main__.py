@@ -10,7 +10,6 @@ Training runs the same under ``torchrun``, ``deepspeed`` or ``srun`` for many ra
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
@@ -29,14 +28,18 @@ def main(argv: list[str] | None = None) -> int:
         from pretrain import status
 
         return (status.main if command == "status" else status.path_main)(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from preprocess.cli import parser
+
+    p = parser("python -m pretrain", __doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, action="append",
                    help="YAML recipe, e.g. configs/tiny-cpu.yaml; repeat to merge (e.g. configs/deepspeed/zero3.yaml)")
     p.add_argument("overrides", nargs="*", help="section.field=value, e.g. optim.lr=3e-4")
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    p.add_argument("--verbose", action="store_true", help="show third-party libraries' logs and warnings too")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from preprocess import logs
+
+    logs.setup(args.verbose)
     from preprocess.dataset import DatasetError
     from pretrain.config import ConfigError, load_config
 

@@ -13,11 +13,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
+
+from preprocess.cli import parser
 
 PROMPTS = [
     "Return a new [MASK] object.",
@@ -26,6 +27,11 @@ PROMPTS = [
     "The [MASK] module provides functions for working with files.",
     "Raise [MASK] if the key is not found.",
 ]
+
+
+def scored(predictions: list[dict]) -> str:
+    """fill-mask's top guesses with their probabilities: ``valueerror 0.41, keyerror 0.12, ...``."""
+    return ", ".join(f"{r['token_str']} {r['score']:.2f}" for r in predictions)
 
 
 def held_out_examples(data_dir: Path, n: int) -> list[tuple[str, str]]:
@@ -53,17 +59,21 @@ def held_out_examples(data_dir: Path, n: int) -> list[tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pretrain.demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--output", default="demo")
-    ap.add_argument("--steps", type=int, default=2500)
+    ap = parser("python -m pretrain.demo", __doc__.split("\n\n")[0])
+    ap.add_argument("--output", default="demo", help="directory for the corpus, data, run and export")
+    ap.add_argument("--steps", type=int, default=2500, help="training steps")
+    ap.add_argument("--verbose", action="store_true", help="show third-party libraries' logs and warnings too")
     args = ap.parse_args(argv)
+    from preprocess import logs
+
+    logs.setup(args.verbose)
     out = Path(args.output).resolve()
     t0 = time.time()
 
     from preprocess.example import prepare
 
     print("== 1-2. corpus, vocabulary, preprocessing", flush=True)
-    if prepare(out, vocab_size=8000, full=True, max_seq_length=64):
+    if prepare(out, vocab_size=8000, full=True, max_seq_length=64, beam_args=["--verbose"] if args.verbose else []):
         return 1
 
     print("== 3. training BERT-Tiny", flush=True)
@@ -81,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "deepspeed": {"zero_stage": 0, "global_batch_size": 64},
         "checkpoint": {"every_steps": args.steps, "keep_last": 1},
         "eval": {"every_steps": max(1, args.steps // 5), "max_batches": 20},
-        "logging": {"every_steps": max(1, args.steps // 25), "wandb": "disabled"},
+        "logging": {"every_steps": max(1, args.steps // 10), "wandb": "disabled"},
     })
     train(cfg, world_from_env())
     records = [json.loads(line) for line in open(RunDir(run).metrics)]
@@ -104,12 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()  # the report lists the pooler and NSP head, which fill-mask does not use
     fill = pipeline("fill-mask", model=str(export), top_k=5)
     for text in PROMPTS:
-        print(f"  {text}\n      -> {', '.join(r['token_str'] for r in fill(text))}")
+        print(f"  {text}\n      -> {scored(fill(text))}")
     print("held-out sentences (true word in brackets):")
     for text, word in held_out_examples(out / "data", 5):
-        guesses = [r["token_str"] for r in fill(text)]
-        mark = "*" if word in guesses else " "
-        print(f" {mark} {text[:150]}\n      [{word}] -> {', '.join(guesses)}")
+        found = fill(text)
+        mark = "*" if word in [r["token_str"] for r in found] else " "
+        print(f" {mark} {text[:150]}\n      [{word}] -> {scored(found)}")
     print(f"done in {time.time() - t0:.0f} s: data {out / 'data'}, run {run}, export {export}")
     return 0
 

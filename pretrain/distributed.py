@@ -6,7 +6,8 @@
   with ``MASTER_ADDR`` the first host of the job's node list. These variables are written
   into ``os.environ`` because ``torch.distributed``'s ``env://`` rendezvous reads them there.
 * :func:`init_distributed` picks the device (one GPU per local rank) and the backend (NCCL on
-  GPU, gloo on CPU) and starts the process group through DeepSpeed.
+  GPU, gloo on CPU), names the accelerator for DeepSpeed (``DS_ACCELERATOR``) and starts the
+  process group through DeepSpeed.
 * :class:`StopSignal`: SIGTERM / SIGUSR1 (Slurm sends one before the time limit) agreed by
   all ranks, so every rank checkpoints at the same step.
 """
@@ -58,9 +59,11 @@ def first_host(nodelist: str) -> str:
 
 def init_distributed(world: World, timeout_minutes: int) -> None:
     """Bind this rank to its GPU (if any) and start the process group (NCCL on GPU, gloo on CPU)."""
+    on_gpu = torch.cuda.is_available()
+    # Name the accelerator: DeepSpeed otherwise probes for one and warns on every CPU rank.
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")
     import deepspeed
 
-    on_gpu = torch.cuda.is_available()
     if on_gpu:
         torch.cuda.set_device(world.local_rank)
     else:

@@ -11,12 +11,12 @@ The checkpoint files read here are the run's own (DeepSpeed writes them with pic
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
+from preprocess.cli import parser
 from preprocess.tokenization import VocabError, vocab_file_fingerprint
 from pretrain.checkpoint import CheckpointManager
 from pretrain.hf_format import save_pretrained
@@ -68,8 +68,8 @@ def export_checkpoint(run_dir: str, out: str | None = None, step: int | None = N
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m pretrain export", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir")
+    p = parser("python -m pretrain export", __doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="a run directory of python -m pretrain")
     p.add_argument("out", nargs="?", help="output directory (default: RUN_DIR/export)")
     p.add_argument("--step", type=int, help="the checkpoint of this step (default: the newest complete one)")
     args = p.parse_args(argv)

@@ -14,9 +14,13 @@ import resource
 import sys
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import IO
 
 import torch
 
+from preprocess.progress import Progress
 from pretrain.run_dir import RunDir
 
 
@@ -87,14 +91,59 @@ class WandbSink:
         self.run.finish()
 
 
+class Eta:
+    """Seconds left to ``total_steps``, from the pace of recent steady-state steps.
+
+    :meth:`tick` is called as each step ends. The first step of a process (start-up,
+    compilation, DeepSpeed's lazy set-up) is left out: the pace is measured from its end,
+    over a moving window of the last ``window`` steps, so the first estimate is already
+    a steady-state one and later ones follow changes of pace.
+    """
+
+    def __init__(self, total_steps: int, window: int = 100, clock: Callable[[], float] = time.perf_counter):
+        self.total_steps, self.clock = total_steps, clock
+        self.ticks: deque[tuple[int, float]] = deque(maxlen=window + 1)
+
+    def tick(self, step: int) -> None:
+        self.ticks.append((step, self.clock()))
+
+    def seconds_left(self) -> float | None:
+        """None until two steps have ended."""
+        if len(self.ticks) < 2:
+            return None
+        (s0, t0), (s1, t1) = self.ticks[0], self.ticks[-1]
+        return (self.total_steps - s1) * (t1 - t0) / (s1 - s0)
+
+
+def format_seconds(seconds: float) -> str:
+    """``42s``, ``7m05s``, ``3h02m``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class MetricsLogger:
-    def __init__(self, run_dir: RunDir, rank: int, total_steps: int, wandb: WandbSink | None = None):
+    """Rank 0 writes each record to metrics.jsonl, wandb and the console; the console also shows
+    progress (a bar on a terminal, else a plain line every 30 s between records)."""
+
+    def __init__(self, run_dir: RunDir, rank: int, total_steps: int, wandb: WandbSink | None = None,
+                 clock: Callable[[], float] = time.perf_counter, stream: IO[str] | None = None):
         self.rank = rank
         self.total_steps = total_steps
-        self.start = time.perf_counter()
-        self.first_step: int | None = None
+        self.eta = Eta(total_steps, clock=clock)
         self.file = open(run_dir.metrics, "a", encoding="utf-8") if rank == 0 else None
         self.wandb = wandb if rank == 0 else None
+        self.progress = Progress(total_steps, "train", "steps", stream=stream or sys.stderr) if rank == 0 else None
+
+    def tick(self, step: int) -> None:
+        """A training step has ended (for the ETA and the progress display)."""
+        self.eta.tick(step)
+        if self.progress is not None:
+            left = self.eta.seconds_left()
+            self.progress.update(step, eta=format_seconds(left) if left is not None else "-")
 
     def log(self, step: int, metrics: dict) -> None:
         if self.rank != 0:
@@ -104,15 +153,15 @@ class MetricsLogger:
         self.file.flush()
         if self.wandb:
             self.wandb.log(step, metrics)
-        if self.first_step is None:
-            self.first_step = step - 1
-        elapsed = time.perf_counter() - self.start
-        done = (step - self.first_step) / max(1, self.total_steps - self.first_step)
-        eta = elapsed / done * (1 - done) if done > 0 else float("nan")
+        left = self.eta.seconds_left()
         shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-        print(f"step {step}/{self.total_steps} {shown} eta {eta:.0f}s", file=sys.stderr, flush=True)
+        eta = f" eta {format_seconds(left)}" if left is not None else ""
+        self.progress.write(f"step {step}/{self.total_steps} {shown}{eta}")
+        self.progress.last = self.progress.clock()  # a record was just shown: the next plain line can wait
 
     def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
         if self.file:
             self.file.close()
         if self.wandb:

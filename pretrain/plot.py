@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from preprocess.cli import parser
 from pretrain.run_dir import RunDir
 
 
@@ -15,6 +15,20 @@ def load(run: RunDir) -> tuple[list[dict], list[dict]]:
     """Training records and evaluation records of a run's metrics.jsonl."""
     records = [json.loads(line) for line in open(run.metrics, encoding="utf-8")]
     return [r for r in records if "loss" in r], [r for r in records if "eval_mlm_loss" in r]
+
+
+COLOURS = {"mlm": "tab:blue", "nsp": "tab:orange", "total": "tab:gray", "lr": "tab:green"}
+
+
+def run_name(run: RunDir) -> str:
+    """The run's name: ``logging.run_name`` from its resolved config, else the directory's name."""
+    try:
+        import yaml
+
+        name = (yaml.safe_load(run.config.read_text()) or {}).get("logging", {}).get("run_name")
+    except (OSError, ValueError):
+        name = None
+    return name or run.root.resolve().name
 
 
 def plot(run_dir: str, out: str | None = None) -> Path:
@@ -29,26 +43,28 @@ def plot(run_dir: str, out: str | None = None) -> Path:
     if not train:
         raise ValueError(f"{run.metrics}: no training records yet")
     steps = [r["step"] for r in train]
+    e_steps = [r["step"] for r in evals]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    ax = axes[0]
-    for key, label in (("loss", "total"), ("mlm_loss", "MLM"), ("nsp_loss", "NSP")):
-        ax.plot(steps, [r[key] for r in train], label=f"train {label}")
+    ax = axes[0]  # one colour per series, the same in every panel: MLM blue, NSP orange, total grey
+    ax.plot(steps, [r["loss"] for r in train], color=COLOURS["total"], label="train total")
+    ax.plot(steps, [r["mlm_loss"] for r in train], color=COLOURS["mlm"], label="train MLM")
+    ax.plot(steps, [r["nsp_loss"] for r in train], color=COLOURS["nsp"], label="train NSP")
     if evals:
-        ax.plot([r["step"] for r in evals], [r["eval_mlm_loss"] for r in evals], "o-", label="eval MLM")
-    ax.set(title="loss", xlabel="step")
+        ax.plot(e_steps, [r["eval_mlm_loss"] for r in evals], "o--", color=COLOURS["mlm"], label="held-out MLM")
+    ax.set(title="loss", xlabel="step", ylabel="cross-entropy (nats)")
     ax.legend()
     ax = axes[1]
-    ax.plot(steps, [r["mlm_accuracy"] for r in train], label="train MLM")
-    ax.plot(steps, [r["nsp_accuracy"] for r in train], label="train NSP")
+    ax.plot(steps, [r["mlm_accuracy"] for r in train], color=COLOURS["mlm"], label="train MLM")
+    ax.plot(steps, [r["nsp_accuracy"] for r in train], color=COLOURS["nsp"], label="train NSP")
     if evals:
-        ax.plot([r["step"] for r in evals], [r["eval_mlm_accuracy"] for r in evals], "o-", label="eval MLM")
-        ax.plot([r["step"] for r in evals], [r["eval_nsp_accuracy"] for r in evals], "o-", label="eval NSP")
-    ax.set(title="accuracy", xlabel="step", ylim=(0, 1))
+        ax.plot(e_steps, [r["eval_mlm_accuracy"] for r in evals], "o--", color=COLOURS["mlm"], label="held-out MLM")
+        ax.plot(e_steps, [r["eval_nsp_accuracy"] for r in evals], "o--", color=COLOURS["nsp"], label="held-out NSP")
+    ax.set(title="accuracy", xlabel="step", ylabel="share of predictions right", ylim=(0, 1))
     ax.legend()
     ax = axes[2]
-    ax.plot(steps, [r["lr"] for r in train], color="tab:gray")
-    ax.set(title="learning rate", xlabel="step")
-    fig.suptitle(str(run.root))
+    ax.plot(steps, [r["lr"] for r in train], color=COLOURS["lr"])
+    ax.set(title="learning rate", xlabel="step", ylabel="learning rate")
+    fig.suptitle(run_name(run))
     fig.tight_layout()
     path = Path(out) if out else run.curves
     fig.savefig(path, dpi=100)
@@ -57,8 +73,8 @@ def plot(run_dir: str, out: str | None = None) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m pretrain plot", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir")
+    p = parser("python -m pretrain plot", __doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="a run directory of python -m pretrain")
     p.add_argument("--out", help="PNG to write (default: RUN_DIR/curves.png)")
     args = p.parse_args(argv)
     try:

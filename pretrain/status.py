@@ -8,9 +8,9 @@ exits 0 once it has (1 while it has not, 2 when RUN_DIR is not a run directory).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from preprocess.cli import parser
 from pretrain.checkpoint import CheckpointManager
 from pretrain.run_dir import RunDir
 
@@ -19,7 +19,7 @@ NAMES = {"config": "config", "model-config": "model_config_file", "data": "data_
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m pretrain status", description=__doc__.split("\n\n")[1])
+    p = parser("python -m pretrain status", __doc__.split("\n\n")[1])
     p.add_argument("run_dir")
     args = p.parse_args(argv)
     run = RunDir(args.run_dir)
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
 
 
 def path_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m pretrain path", description="Print a path inside a run directory.")
+    p = parser("python -m pretrain path", "Print a path inside a run directory.")
     p.add_argument("run_dir")
     p.add_argument("name", choices=sorted(NAMES))
     args = p.parse_args(argv)

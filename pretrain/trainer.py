@@ -73,6 +73,11 @@ class Trainer:
         self.checkpoints, self.metrics, self.evaluator, self.stop = checkpoints, metrics, evaluator, stop
         self.device = engine.device
         self.bad = torch.zeros((), dtype=torch.float64, device=self.device)  # see _NO_BAD_STEP
+        # DeepSpeed reports the gradient norm from its ZeRO and mixed-precision optimizers only;
+        # at ZeRO-0 in fp32 the trainer measures it itself, at logging steps.
+        self.own_grad_norm = engine.zero_optimization_stage() == 0 and not (
+            engine.bfloat16_enabled() or engine.fp16_enabled())
+        self.grad_norm: torch.Tensor | None = None
 
     def train(self, state: dict) -> dict:
         """Train from ``state`` (step, samples) to ``loop.last_step``; the final state."""
@@ -81,12 +86,14 @@ class Trainer:
         interval = Interval()
         while step < loop.last_step:
             torch.manual_seed(mix_int(loop.seed, step, loop.rank) >> 1)  # dropout: a function of the step
-            sums, tokens, waited = self.train_step()
+            logging_step = (step + 1) % loop.log_every == 0 or step + 1 == loop.last_step
+            sums, tokens, waited = self.train_step(measure_grad_norm=logging_step and self.own_grad_norm)
             step += 1
+            self.metrics.tick(step)
             state = {"step": step, "samples": state["samples"] + loop.global_batch}
             self._track_finite(sums[0], step)
             interval.add(tokens, waited)
-            if step % loop.log_every == 0 or step == loop.last_step:
+            if logging_step:
                 self.log(step, sums, interval, state)
                 interval = Interval()
             if self.evaluator and (step % loop.eval_every == 0 or step == loop.last_step):
@@ -100,7 +107,7 @@ class Trainer:
                 break
         return state
 
-    def train_step(self) -> tuple[torch.Tensor, int, float]:
+    def train_step(self, measure_grad_norm: bool = False) -> tuple[torch.Tensor, int, float]:
         """One optimizer step over ``accumulation`` micro-batches: this rank's sums (device, see
         ``SUMS``), its real tokens and its seconds spent waiting for data."""
         sums = torch.zeros(len(SUMS), dtype=torch.float64, device=self.device)
@@ -110,15 +117,19 @@ class Trainer:
             batch = next(self.batches)
             waited += time.perf_counter() - t
             tokens += int(batch.pop("real_tokens"))  # a host tensor made by the collator: no device sync
-            sums += self.forward_backward(batch)
+            sums += self.forward_backward(batch, measure_grad_norm)
         return sums, tokens, waited
 
-    def forward_backward(self, batch: dict[str, torch.Tensor | None]) -> torch.Tensor:
+    def forward_backward(self, batch: dict[str, torch.Tensor | None], measure_grad_norm: bool = False) -> torch.Tensor:
         """Forward, backward and the engine's step (which applies the update at the accumulation
         boundary); the micro-batch's sums, on the device."""
         batch = {k: (v.to(self.device, non_blocking=True) if v is not None else None) for k, v in batch.items()}
         out = self.engine(**batch)
         self.engine.backward(out.loss)
+        if measure_grad_norm and self.engine.is_gradient_accumulation_boundary():
+            # the gradients are averaged over ranks by now and not yet clipped (as DeepSpeed reports it)
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            self.grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         self.engine.step()
         return torch.stack([getattr(out, k).detach().double() for k in SUMS])
 
@@ -140,7 +151,8 @@ class Trainer:
             "nsp_accuracy": v["nsp_correct"] / max(1.0, v["nsp_total"]),
             **interval.rates(loop.global_batch, loop.flops_per_token, loop.world_size, loop.peak_tflops),
             "lr": self.engine.get_lr()[0],
-            "grad_norm": grad_norm(self.engine),
+            "grad_norm": float(self.grad_norm) if self.own_grad_norm and self.grad_norm is not None
+            else grad_norm(self.engine),
             "skipped_steps": int(self.engine.skipped_steps),
             "samples": state["samples"],
             "memory_gb": memory_gb(),

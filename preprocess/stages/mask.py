@@ -20,6 +20,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsDict, TaggedOutput
 
+from preprocess import progress
 from preprocess.manifest import add_stats
 from preprocess.packed import DonorBlock, PairBlock, RequestBlock
 from preprocess.pairs import resolve_random_next, truncate_pairs
@@ -81,6 +82,9 @@ class _ResolveAndMaskFn(beam.DoFn):
         self.output, self.split, self.spec = output, split, spec
         self.max_num_tokens, self.num_shards = max_num_tokens, num_shards
 
+    def finish_bundle(self) -> None:
+        progress.flush()
+
     def process(self, element: tuple[int, list], counts: dict[int, int]):
         bucket, groups = element
         groups = [g.load() if isinstance(g, SpilledBlocks) else g for g in groups]
@@ -91,6 +95,7 @@ class _ResolveAndMaskFn(beam.DoFn):
                 yield TaggedOutput(STATS, (self.split, piece))
                 continue
             shard, shards, position, rows = piece
+            progress.report(pairs=rows.num_rows)
             if shard == bucket:
                 home.append((position, rows))
             else:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import apache_beam as beam
 
+from preprocess import progress
 from preprocess.documents import Document, ReadParams, file_format, open_input, read_documents
 from preprocess.sentences import split_sentences
 from preprocess.stages.counting import NAMESPACE, count
@@ -40,9 +41,20 @@ class _ReadFileFn(beam.DoFn):
     def __init__(self, params: ReadParams):
         self.params = params
 
+    def finish_bundle(self) -> None:
+        progress.flush()
+
     def process(self, item: tuple[int, str]):
         stats: Counter = Counter()
-        yield from read_file(*item, self.params, stats)
+        documents = text = 0
+        for doc in read_file(*item, self.params, stats):
+            documents += 1
+            text += sum(len(line) for line in doc.lines)
+            if documents % 1000 == 0:  # large files report as they go
+                progress.report(documents=1000, text_bytes=text)
+                text = 0
+            yield doc
+        progress.report(files=1, documents=documents % 1000, text_bytes=text)
         errors = stats.pop("errors", 0)
         if errors:
             beam.metrics.Metrics.counter(NAMESPACE, "errors").inc(errors)

@@ -15,6 +15,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from preprocess import progress
 from preprocess.manifest import MANIFEST_NAME, build_manifest, dumps, split_summary
 from preprocess.shards import (
     ShardInfo,
@@ -45,6 +46,9 @@ class _WriteShardFn(beam.DoFn):
     def __init__(self, output: str, split: str, token_dtype: str, metadata: dict[str, str]):
         self.output, self.split, self.token_dtype, self.metadata = output, split, token_dtype, metadata
 
+    def finish_bundle(self) -> None:
+        progress.flush()
+
     def process(self, element: tuple[tuple[int, int], list]):
         (shard, shards), pieces = element
         meta = {**self.metadata, "split": self.split, "shard": str(shard), "shards": str(shards)}
@@ -52,6 +56,7 @@ class _WriteShardFn(beam.DoFn):
         rel = shard_name(self.split, shard, shards)
         write_atomically(FileSystems.join(self.output, rel), data)
         Metrics.counter(NAMESPACE, "shards_written").inc()
+        progress.report(shards=1)
         yield ShardInfo(rel, rows, tokens, len(data), checksum(data))
 
 

@@ -43,12 +43,14 @@ def test_cli_runs_on_all_cores_and_inspect_decodes_rows(corpus_dir, vocab_file, 
     # Beam probes for IPython at every transform; the command tells it at once that it is not
     # interactive, so IPython (where installed) is never imported: 0.35 s of start-up.
     assert "IPython.core" not in proc.stderr and "apache_beam.runners" in proc.stderr
+    # progress from the worker processes, through the side channel: every file, every shard
+    assert "preprocess: 8/8 files" in proc.stderr and "shards 3/3" in proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["inputs"]) == 8
     ds = PretrainingDataset(str(out), verify="checksum")
     assert len(ds) == manifest["splits"]["train"]["rows"]
     shown = cli("preprocess", "inspect", str(out), "--samples", "4").stdout
-    for needle in ("[CLS]", "[SEP]", "[MASK]/", "length histogram", "A: ", "B: ", "masked "):
+    for needle in ("[CLS]", "[SEP]", "[MASK]/", "length histogram", "A: ", "B: ", "masked ", "legend: "):
         assert needle in shown
     assert "IsNext" in shown or "NotNext" in shown
 

@@ -155,7 +155,7 @@ def wait_for_steps(run_dir: Path, n: int, timeout=300) -> None:
     raise AssertionError(f"{metrics}: fewer than {n} records after {timeout} s")
 
 
-def pretrain_args(dataset, steps=300):
+def pretrain_args(dataset, steps=150):
     return (f"data.path={dataset}", f"optim.total_steps={steps}", "optim.warmup_steps=10", "logging.every_steps=10",
             "checkpoint.every_steps=1000", "logging.wandb=disabled", "eval.every_steps=0", "data.num_workers=0")
 
@@ -177,8 +177,8 @@ def test_preempted_pretraining_job_resumes_from_its_checkpoint_and_finishes(slur
     log = log_of(job_id)
     assert "2 tasks on nodeA,nodeB" in log
     stopped = int(log.split("checkpointed at step ")[1].split(",")[0])
-    assert f"resumed from step {stopped}" in log and "finished at step 300" in log
-    assert RunDir(run).finished()["step"] == 300
+    assert f"resumed from step {stopped}" in log and "finished at step 150" in log
+    assert RunDir(run).finished()["step"] == 150
 
 
 def test_time_limit_signal_checkpoints_and_the_job_requeues_itself(slurm, dataset, tmp_path):
@@ -189,7 +189,7 @@ def test_time_limit_signal_checkpoints_and_the_job_requeues_itself(slurm, datase
     info = wait_for(slurm, job_id)
     log = log_of(job_id)
     assert "signal 10: checkpointed at step" in log and "requeueing job" in log
-    assert info["Restarts"] == "1" and "finished at step 300" in log
+    assert info["Restarts"] == "1" and "finished at step 150" in log
 
 
 def test_preprocessing_batch_job(slurm, corpus_dir, vocab_file, tmp_path):

@@ -42,6 +42,11 @@ def train(dataset, run_dir, *overrides, ranks=1, check=True):
     return proc
 
 
+def grad_norms(run_dir) -> list[float]:
+    records = map(json.loads, open(Path(run_dir) / "metrics.jsonl"))
+    return [r["grad_norm"] for r in records if "loss" in r]
+
+
 def losses(run_dir) -> dict[int, float]:
     records = map(json.loads, open(Path(run_dir) / "metrics.jsonl"))
     return {r["step"]: r["loss"] for r in records if "loss" in r}  # training records, not evaluation ones
@@ -113,11 +118,15 @@ def test_lamb_under_zero_matches_lamb_without_zero(dataset, tmp_path):
     train(dataset, tmp_path / "zero0", *common, "deepspeed.zero_stage=0", ranks=2)
     reference = losses(tmp_path / "zero0")
     assert reference[5] < reference[1]
+    norms = grad_norms(tmp_path / "zero0")
+    assert all(0 < n < 1e3 for n in norms), norms  # measured by the trainer at ZeRO-0 (DeepSpeed reports none)
     for stage in (1, 2, 3):
         train(dataset, tmp_path / f"zero{stage}", *common, f"deepspeed.zero_stage={stage}", ranks=2)
         got = losses(tmp_path / f"zero{stage}")
         for step in reference:
             assert got[step] == pytest.approx(reference[step], rel=1e-5), (stage, step)
+        # every stage reports the same gradient norm (ZeRO's own at 1-3), finite, on every log line
+        assert grad_norms(tmp_path / f"zero{stage}") == pytest.approx(norms, rel=1e-4), stage
 
 
 METRICS = {"loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "lr", "grad_norm", "skipped_steps",
@@ -246,6 +255,7 @@ def test_bf16_and_cpu_offload_train(dataset, tmp_path, extra):
     train(dataset, tmp_path / "run", "optim.total_steps=3", "deepspeed.zero_stage=2", *extra)
     run = losses(tmp_path / "run")
     assert sorted(run) == [1, 2, 3] and run[3] < run[1]
+    assert all(0 < n < 1e3 for n in grad_norms(tmp_path / "run"))
 
 
 def test_the_deepspeed_launcher_runs_the_same_training_as_torchrun(dataset, tmp_path):

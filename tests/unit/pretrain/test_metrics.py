@@ -1,6 +1,6 @@
 import json
 
-from pretrain.metrics import MetricsLogger, wandb_mode
+from pretrain.metrics import MetricsLogger, format_seconds, wandb_mode
 from pretrain.run_dir import RunDir
 
 
@@ -23,3 +23,46 @@ def test_only_rank_0_writes(tmp_path, capsys):
     m.close()
     assert json.loads(RunDir(tmp_path).metrics.read_text()) == {"step": 5, "loss": 2.5, "lr": 0.001}
     assert "step 5/10 loss 2.5" in capsys.readouterr().err
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_with_pace(tmp_path, seconds_of_step) -> list[tuple[int, float, float]]:
+    """(step, ETA shown, true time left) at every 10th step of a 1000-step run on a fake clock."""
+    clock = FakeClock()
+    logger = MetricsLogger(RunDir(tmp_path), rank=0, total_steps=1000, clock=clock)
+    durations = [seconds_of_step(s) for s in range(1, 1001)]
+    out = []
+    for step in range(1, 1001):
+        clock.now += durations[step - 1]
+        logger.tick(step)
+        if step % 10 == 0:
+            out.append((step, logger.eta.seconds_left(), sum(durations[step:])))
+    return out
+
+
+def test_eta_leaves_out_the_first_step_and_follows_the_recent_pace(tmp_path, capsys):
+    steady = run_with_pace(tmp_path, lambda s: 120.0 if s == 1 else 1.0)  # compilation, then 1 s a step
+    assert steady[0] == (10, 990.0, 990.0)  # right from its first print, not 120x too long
+    changing = run_with_pace(tmp_path, lambda s: 120.0 if s == 1 else (1.0 if s <= 500 else 1.8))
+    for step, shown, real in changing:
+        assert real / 2 <= shown <= real * 2 or real == 0, (step, shown, real)  # within 2x throughout
+    logger = MetricsLogger(RunDir(tmp_path), rank=0, total_steps=2, clock=FakeClock())
+    logger.tick(1)
+    logger.tick(2)
+    logger.log(2, {"loss": 1.0})
+    assert "eta 0s" in capsys.readouterr().err
+    assert format_seconds(42.4) == "42s" and format_seconds(425) == "7m05s" and format_seconds(10_920) == "3h02m"
+
+
+def test_no_eta_before_a_steady_step(tmp_path, capsys):
+    logger = MetricsLogger(RunDir(tmp_path), rank=0, total_steps=10, clock=FakeClock())
+    logger.tick(1)
+    logger.log(1, {"loss": 1.0})
+    assert "eta" not in capsys.readouterr().err

@@ -1,0 +1,60 @@
+"""What the commands print: the project's own lines, with third-party chatter filtered at its source.
+
+:func:`setup` is called first thing by every command line (before Beam, torch or
+DeepSpeed are imported, since some of them log while importing). Unless ``verbose``:
+
+* named third-party loggers are raised to WARNING (or ERROR for the one that only
+  relays Beam workers' routine notices), never the root logger: a real warning of ours,
+  or an error of theirs, still shows;
+* one warning Beam logs on the root logger at import ("apitools not found": Google
+  Cloud clients we do not use) is dropped by a filter matching its source file;
+* specific deprecation warnings raised inside DeepSpeed's and torch's own calls are
+  ignored by message and category;
+
+Beam's worker processes get the same level through :data:`BEAM_WORKER_OPTIONS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+QUIET_LOGGERS = {
+    "apache_beam": logging.WARNING,
+    "apache_beam.runners.portability.local_job_service": logging.ERROR,  # relays workers' notices
+    "DeepSpeed": logging.WARNING,
+    "torch.distributed": logging.WARNING,
+    "wandb": logging.WARNING,
+    "matplotlib": logging.WARNING,
+}
+IGNORED_WARNINGS = [  # (message regex, category)
+    (r".*all_gather_into_tensor.* is deprecated", FutureWarning),  # called inside DeepSpeed's ZeRO
+    (r".*reduce_scatter_tensor.* is deprecated", FutureWarning),
+    (r".*pkg_resources is deprecated", UserWarning),  # imported by Beam's workers' dependencies
+    (r".*`torch.cuda.amp.* is deprecated", FutureWarning),
+]
+# Passed to Beam's local worker processes (their own logging is set from pipeline options).
+BEAM_WORKER_OPTIONS = ["--default_sdk_harness_log_level=WARNING"]
+
+
+class _BeamImportNotice(logging.Filter):
+    """Drops the root-logger warning Beam's GCP I/O module logs when imported without its clients."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and f"apache_beam{os.sep}io{os.sep}gcp" in record.pathname)
+
+
+def setup(verbose: bool = False) -> None:
+    """Configure logging for a command: ours at INFO; third parties quiet unless ``verbose``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        return
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    root = logging.getLogger()
+    if not any(isinstance(f, _BeamImportNotice) for f in root.filters):
+        root.addFilter(_BeamImportNotice())
+    for message, category in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:pkg_resources")  # Beam's worker processes
