@@ -51,11 +51,13 @@ class Progress:
                   flush=True)
 
     def write(self, line: str) -> None:
-        """A line of output that does not tear the bar."""
+        """A line of output that does not tear the bar (and, without a terminal, delays the next plain
+        progress line: the reader has just been told where things stand)."""
         if self.bar is not None:
             self.bar.write(line, file=self.stream)
         else:
             print(line, file=self.stream, flush=True)
+            self.last = self.clock()
 
     def close(self) -> None:
         if self.bar is not None:

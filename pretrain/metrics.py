@@ -157,7 +157,6 @@ class MetricsLogger:
         shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
         eta = f" eta {format_seconds(left)}" if left is not None else ""
         self.progress.write(f"step {step}/{self.total_steps} {shown}{eta}")
-        self.progress.last = self.progress.clock()  # a record was just shown: the next plain line can wait
 
     def close(self) -> None:
         if self.progress is not None:

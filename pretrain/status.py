@@ -14,8 +14,7 @@ from preprocess.cli import parser
 from pretrain.checkpoint import CheckpointManager
 from pretrain.run_dir import RunDir
 
-NAMES = {"config": "config", "model-config": "model_config_file", "data": "data_file", "checkpoints": "checkpoints",
-         "metrics": "metrics", "curves": "curves", "finished": "finished_file", "export": "export"}
+NAMES = {attr.removesuffix("_file").replace("_", "-"): attr for attr in RunDir.PATHS}  # e.g. model-config
 
 
 def main(argv: list[str]) -> int:
