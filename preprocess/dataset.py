@@ -107,7 +107,7 @@ class DatasetInfo:
         return list(_tokens(self.vocab_file, self.vocab_size))
 
     def token_id(self, token: str) -> int:
-        return self.tokens().index(token)
+        return _tokens(self.vocab_file, self.vocab_size).index(token)
 
     def check_vocab(self, fingerprint: str | None, what: str) -> None:
         """Fail unless ``what`` (e.g. "model.init_from runs/p1/export") used this dataset's vocabulary."""

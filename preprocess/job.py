@@ -91,7 +91,7 @@ def expand_inputs(patterns: tuple[str, ...]) -> list[str]:
         except Exception as e:  # noqa: BLE001 - Beam raises BeamIOError for a missing literal path
             raise ConfigError(f"--input {pattern}: {e}") from e
         paths = [m.path for m in matched if not m.path.endswith("/")]
-        folders = [p for p in paths if "://" not in p and os.path.isdir(p)]
+        folders = [p for p in paths if _is_local(p) and os.path.isdir(p)]
         if folders:
             raise ConfigError(f"--input {pattern}: {folders[0]} is a directory; give files or a glob, "
                               f"e.g. --input '{folders[0].rstrip('/')}/**/*.txt'")
@@ -103,13 +103,18 @@ def expand_inputs(patterns: tuple[str, ...]) -> list[str]:
     return sorted(files)
 
 
+def _is_local(path: str) -> bool:
+    """A path of this machine's filesystem, not gs://, s3://, hdfs:// ..."""
+    return "://" not in path
+
+
 def prepare_output(output: str) -> None:
     """Create the directory; remove a previous run's manifest and shards first.
 
     The old manifest goes before anything else, so a reader never pairs it with
     new shards; a directory without a manifest is not a dataset.
     """
-    if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
+    if _is_local(output) and os.path.exists(output) and not os.path.isdir(output):
         raise ConfigError(f"--output {output}: is a file; give a directory (it is created if missing)")
     if not FileSystems.exists(output):
         FileSystems.mkdirs(output)
