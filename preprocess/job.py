@@ -1,9 +1,7 @@
-"""Running the preprocessing job: runner choice, inputs, output directory, summary.
+"""Running the preprocessing job: inputs, output directory, the run on its runner, summary.
 
-With no ``--runner``, the job runs on Beam's FnApiRunner in multi-processing mode
-with one worker per local core: no Prism download is attempted (Beam's default
-runner tries one first, which fails offline). Any runner option given is passed
-through unchanged, so the same command runs on Dataflow, Flink or Spark.
+The runner is :mod:`preprocess.runners`' choice: Beam's local runner on every core by
+default, Beam's Dask runner with ``--runner dask``, any other runner as Beam builds it.
 """
 
 from __future__ import annotations
@@ -19,67 +17,31 @@ from collections.abc import Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from preprocess.config import ConfigError, PreprocessConfig
 from preprocess.documents import MAX_FILES
 from preprocess.manifest import MANIFEST_NAME
 from preprocess.pipeline import build_pipeline
 from preprocess.progress import PROGRESS_DIR_VARIABLE, JobMonitor
+from preprocess.runners import (
+    dask_cluster,
+    is_dask,
+    local_tokenizer_threads,
+    pipeline_options,
+    run_on_dask,
+)
 from preprocess.shards import remove_parts
 from preprocess.tokenization import (
     TokenizerSpec,
     VocabError,
+    VocabInfo,
     build_tokenizer,
     save_vocab_copy,
     vocab_info,
 )
 
 log = logging.getLogger("preprocess")
-
-
-def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | None]:
-    """Beam options, and an explicit local runner when none was asked for."""
-    opts = PipelineOptions(beam_args)
-    if opts.view_as(StandardOptions).runner is not None:
-        return opts, None
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-    direct = opts.view_as(DirectOptions)
-
-    def given(flag: str) -> bool:
-        return any(a == flag or a.startswith(flag + "=") for a in beam_args)
-
-    # DirectOptions defaults to one worker: ask for every core unless told otherwise.
-    if not given("--direct_num_workers") or not direct.direct_num_workers:
-        direct.direct_num_workers = os.cpu_count() or 1
-    if not given("--direct_running_mode"):
-        direct.direct_running_mode = "multi_processing" if direct.direct_num_workers > 1 else "in_memory"
-    return opts, FnApiRunner(provision_info=_worker_provision(opts))
-
-
-def _worker_provision(opts: PipelineOptions) -> object | None:
-    """What the local runner tells its worker processes: the harness's log level, which the runner
-    itself does not pass on (its workers otherwise log every routine step at INFO)."""
-    level = opts.get_all_options().get("default_sdk_harness_log_level")
-    if not level:
-        return None
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
-    from google.protobuf import struct_pb2
-
-    options = struct_pb2.Struct()
-    options.update({"default_sdk_harness_log_level": level})
-    return ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(retrieval_token="unused-retrieval-token",
-                                                                      pipeline_options=options))
-
-
-def local_tokenizer_threads(opts: PipelineOptions) -> int | None:
-    """Cores per local worker process, so that W workers do not each start all-core pools."""
-    direct = opts.view_as(DirectOptions)
-    if direct.direct_running_mode != "multi_processing":
-        return None
-    return max(1, (os.cpu_count() or 1) // max(1, direct.direct_num_workers))
 
 
 def expand_inputs(patterns: tuple[str, ...]) -> list[str]:
@@ -129,6 +91,13 @@ def prepare_output(output: str) -> None:
             FileSystems.delete(stale)
 
 
+def job_pipeline(cfg: PreprocessConfig, files: list[str], vocab: VocabInfo, opts: PipelineOptions,
+                 runner: object | None = None, tokenizer_threads: int | None = None) -> beam.Pipeline:
+    p = beam.Pipeline(runner=runner, options=opts) if runner else beam.Pipeline(options=opts)
+    build_pipeline(p, cfg, files, vocab, tokenizer_threads)
+    return p
+
+
 def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
     """Run the job to completion and return the manifest."""
     spec = TokenizerSpec(cfg.vocab, cfg.lower_case)
@@ -138,11 +107,13 @@ def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
     prepare_output(cfg.output)
     save_vocab_copy(spec, cfg.output)
     log.info("preprocessing %d input files into %s", len(files), cfg.output)
-    p = beam.Pipeline(runner=runner, options=opts) if runner else beam.Pipeline(options=opts)
-    build_pipeline(p, cfg, files, vocab, local_tokenizer_threads(opts) if runner else None)
-    if runner is None:  # a distributed runner shows progress in its own console
-        p.run().wait_until_finish()
+    if is_dask(opts):  # a distributed runner shows progress in its own console (Dask: its dashboard)
+        with dask_cluster(opts, len(files)):
+            run_on_dask(job_pipeline(cfg, files, vocab, opts))
+    elif runner is None:
+        job_pipeline(cfg, files, vocab, opts).run().wait_until_finish()
     else:
+        p = job_pipeline(cfg, files, vocab, opts, runner, local_tokenizer_threads(opts))
         with local_progress(len(files), cfg.num_shards + cfg.validation_shards):
             p.run().wait_until_finish()
     with FileSystems.open(FileSystems.join(cfg.output, MANIFEST_NAME)) as f:

@@ -27,6 +27,7 @@ QUIET_LOGGERS = {
     "torch.distributed": logging.WARNING,
     "wandb": logging.WARNING,
     "matplotlib": logging.WARNING,
+    "distributed": logging.WARNING,  # Dask clusters: the scheduler's and workers' routine notices
 }
 IGNORED_WARNINGS = [  # (message regex, category)
     (r".*all_gather_into_tensor.* is deprecated", FutureWarning),  # called inside DeepSpeed's ZeRO
@@ -45,6 +46,23 @@ class _BeamImportNotice(logging.Filter):
         return not (record.name == "root" and f"apache_beam{os.sep}io{os.sep}gcp" in record.pathname)
 
 
+def drop_beam_import_notice() -> None:
+    """Filter :class:`_BeamImportNotice` out of the root logger (once); also run in Dask workers."""
+    root = logging.getLogger()
+    if not is_quiet():
+        root.addFilter(_BeamImportNotice())
+
+
+def is_quiet() -> bool:
+    """Whether :func:`setup` filtered third-party chatter in this process (not ``verbose``)."""
+    return any(isinstance(f, _BeamImportNotice) for f in logging.getLogger().filters)
+
+
+def dask_setup(service: object) -> None:
+    """Dask's preload hook (``dask scheduler --preload preprocess.logs``): Beam's import notice filtered there."""
+    drop_beam_import_notice()
+
+
 def setup(verbose: bool = False) -> None:
     """Configure logging for a command: ours at INFO; third parties quiet unless ``verbose``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -52,9 +70,9 @@ def setup(verbose: bool = False) -> None:
         return
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
-    root = logging.getLogger()
-    if not any(isinstance(f, _BeamImportNotice) for f in root.filters):
-        root.addFilter(_BeamImportNotice())
+    drop_beam_import_notice()
     for message, category in IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:pkg_resources")  # Beam's worker processes
+    # Dask sets its loggers' levels from its config when imported, here and in its worker processes.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")

@@ -13,10 +13,16 @@ meet in one ``GroupByKey``: there a request draws a donor of another document fr
 its bucket, and since requests and donors land in buckets at random, the donor is a
 random one from the whole split, not from a fixed partition. The same keys define
 the output order: buckets are contiguous key ranges, so sorting each bucket by key
-and offsetting by the row counts of earlier buckets (a side input) gives every row
+and offsetting by the row counts of earlier buckets (joined to each bucket) gives every row
 its global position, and shard ``s`` of ``S`` takes positions
 ``[s*N/S, (s+1)*N/S)``: shards differ by at most one row. A second ``GroupByKey``
 gathers each shard's rows for writing.
+
+The pipeline's shape is one every runner runs as written, Beam's Dask runner included:
+single-output ``ParDo`` s (several outputs are tagged records split by
+:class:`~preprocess.stages.counting.ByTag`), joins rather than side inputs, batching in
+``process`` rather than ``finish_bundle``, and one final transform (the manifest's write)
+that depends on every branch. :mod:`preprocess.runners` checks that shape before a Dask run.
 
 The tokens themselves do not travel through either ``GroupByKey``: pairing writes
 its blocks to files under ``--output/.parts/`` and shuffles references
@@ -74,24 +80,24 @@ def build_pipeline(
     if cfg.validation_fraction > 0:
         shard_counts["validation"] = cfg.validation_shards
 
-    docs, read_stats = p | "ListFiles" >> beam.Create(list(enumerate(files))) | "Read" >> ReadCorpus(cfg.read_params)
-    sentences = docs | "Split" >> SplitSentences(cfg.language)
+    read = p | "ListFiles" >> beam.Create(list(enumerate(files))) | "Read" >> ReadCorpus(cfg.read_params)
+    sentences = read["documents"] | "Split" >> SplitSentences(cfg.language)
     tokenized = sentences | "Tokenize" >> TokenizeDocuments(
         spec, cfg.max_seq_length, vocab.token_dtype.name, tokenizer_threads, cfg.validation_fraction
     )
-    token_stats = tokenized[STATS]
-    all_stats = [read_stats, token_stats]
+    all_stats = [read[STATS], tokenized[STATS]]
     all_shards = []
     for split, shards in shard_counts.items():
-        items, pair_stats, counts = tokenized[split] | f"Pair[{split}]" >> CreatePairs(
+        pairs = tokenized[split] | f"Pair[{split}]" >> CreatePairs(
             split, cfg.pairing, cfg.dupe_factor, cfg.seed, shards, FileSystems.join(cfg.output, PARTS_DIR)
         )
-        bucket_counts = counts | f"CountRows[{split}]" >> beam.CombinePerKey(sum)
-        rows, mask_stats = items | f"Mask[{split}]" >> MaskInstances(
-            cfg.output, split, row_spec, cfg.pairing.max_num_tokens, shards, bucket_counts
+        masked = pairs["items"] | f"Mask[{split}]" >> MaskInstances(
+            cfg.output, split, row_spec, cfg.pairing.max_num_tokens, shards, pairs["counts"]
         )
-        all_shards.append(rows | f"Write[{split}]" >> WriteShards(cfg.output, split, vocab.token_dtype.name, metadata))
-        all_stats += [pair_stats, mask_stats]
+        all_shards.append(
+            masked["rows"] | f"Write[{split}]" >> WriteShards(cfg.output, split, vocab.token_dtype.name, metadata)
+        )
+        all_stats += [pairs[STATS], masked[STATS]]
 
     stats = (
         all_stats
@@ -106,4 +112,4 @@ def build_pipeline(
         "inputs": files,
         "split_names": list(shard_counts),
     }
-    _ = p | "Manifest" >> WriteManifest(cfg.output, header, shard_list, stats)
+    _ = {"shards": shard_list, "stats": stats} | "Manifest" >> WriteManifest(cfg.output, header)

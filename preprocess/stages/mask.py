@@ -3,7 +3,9 @@
 :func:`mask_bucket` resolves the bucket's random-next requests with its donors,
 truncates, masks and sorts the rows by key; since buckets are key ranges, a row's global
 position is the rows of earlier buckets plus its rank in its own, and shard ``s`` of
-``S`` takes positions ``[s*N/S, (s+1)*N/S)``. Bucket ``s`` holds nearly the rows of
+``S`` takes positions ``[s*N/S, (s+1)*N/S)``. Each bucket learns where it starts
+(:func:`placements`, from every bucket's row count) through a join with its blocks, not
+a side input: Beam's Dask runner recomputes a side input inside each task that reads it. Bucket ``s`` holds nearly the rows of
 shard ``s``: those stay in a file (:class:`ParkedRows`), and only the rows near its ends
 travel through the shuffle to the neighbouring shard's writer.
 """
@@ -18,24 +20,32 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.pvalue import AsDict, TaggedOutput
 
 from preprocess import progress
 from preprocess.manifest import add_stats
 from preprocess.packed import DonorBlock, PairBlock, RequestBlock
 from preprocess.pairs import resolve_random_next, truncate_pairs
 from preprocess.shards import RowSpec, build_rows, encode_shard, part_name, write_atomically
-from preprocess.stages.counting import STATS, increment
+from preprocess.stages.counting import STATS, ByTag, increment
 from preprocess.stages.pair import Blocks, SpilledBlocks
 
 ROWS_PER_BUILD = 16384  # bounds the masking scratch memory per call
 
 
-def mask_bucket(bucket: int, groups: list[Blocks], counts: dict[int, int], spec: RowSpec, max_num_tokens: int,
+def placements(counts: dict[int, int]) -> list[tuple[int, tuple[int, int]]]:
+    """Rows per bucket (before truncation, which drops no row) -> per bucket ``(first position, rows of the split)``."""
+    total, first, out = sum(counts.values()), 0, []
+    for bucket in sorted(counts):
+        out.append((bucket, (first, total)))
+        first += counts[bucket]
+    return out
+
+
+def mask_bucket(bucket: int, groups: list[Blocks], first: int, total: int, spec: RowSpec, max_num_tokens: int,
                 num_shards: int) -> Iterator[tuple[int, int, int, pa.RecordBatch] | dict[str, Any]]:
     """Yields ``(shard, shards, first position, rows)`` pieces in position order, then the stats.
 
-    ``counts``: rows per bucket over the split (before truncation, which drops no row).
+    ``first``: the position of the bucket's first row; ``total``: the rows of the split (:func:`placements`).
     """
     resolved, unresolved = resolve_random_next(
         RequestBlock.concat([g[1] for g in groups]), DonorBlock.concat([g[2] for g in groups])
@@ -46,9 +56,7 @@ def mask_bucket(bucket: int, groups: list[Blocks], counts: dict[int, int], spec:
     increment(stats)
     if len(pairs):
         order = np.argsort(pairs.key, kind="stable")
-        total = sum(counts.values())
         shards = min(num_shards, total)
-        first = sum(c for b, c in counts.items() if b < bucket)
         for lo in range(0, len(pairs), ROWS_PER_BUILD):
             chunk = pairs.take(order[lo : lo + ROWS_PER_BUILD])
             batch, row_stats = build_rows(chunk, spec)
@@ -82,26 +90,25 @@ class _ResolveAndMaskFn(beam.DoFn):
         self.output, self.split, self.spec = output, split, spec
         self.max_num_tokens, self.num_shards = max_num_tokens, num_shards
 
-    def finish_bundle(self) -> None:
-        progress.flush()
-
-    def process(self, element: tuple[int, list], counts: dict[int, int]):
-        bucket, groups = element
-        groups = [g.load() if isinstance(g, SpilledBlocks) else g for g in groups]
+    def process(self, element: tuple[int, dict[str, list]]):
+        bucket, joined = element
+        groups = [g.load() if isinstance(g, SpilledBlocks) else g for g in joined["blocks"]]
+        first, total = joined["place"][0] if joined["place"] else (0, 0)  # no place: a bucket of donors only
         home: list[tuple[int, pa.RecordBatch]] = []
         shards = 0
-        for piece in mask_bucket(bucket, groups, counts, self.spec, self.max_num_tokens, self.num_shards):
+        for piece in mask_bucket(bucket, groups, first, total, self.spec, self.max_num_tokens, self.num_shards):
             if isinstance(piece, dict):
-                yield TaggedOutput(STATS, (self.split, piece))
+                yield STATS, (self.split, piece)
                 continue
             shard, shards, position, rows = piece
             progress.report(pairs=rows.num_rows)
             if shard == bucket:
                 home.append((position, rows))
             else:
-                yield (shard, shards), (position, rows)
+                yield "rows", ((shard, shards), (position, rows))
         if home:
-            yield (bucket, shards), (home[0][0], self._park(bucket, shards, [b for _, b in home]))
+            yield "rows", ((bucket, shards), (home[0][0], self._park(bucket, shards, [b for _, b in home])))
+        progress.flush()
 
     def _park(self, shard: int, shards: int, batches: list[pa.RecordBatch]) -> ParkedRows:
         path = FileSystems.join(self.output, part_name(self.split, shard, shards))
@@ -110,7 +117,11 @@ class _ResolveAndMaskFn(beam.DoFn):
 
 
 class MaskInstances(beam.PTransform):
-    """Resolve random-next B segments, truncate, mask; -> ((shard, shards), (position, rows or ParkedRows))."""
+    """Resolve random-next B segments, truncate, mask.
+
+    In: (bucket, blocks) items, and ``counts``: (bucket, rows) records, summed here.
+    Out: ``rows``: ((shard, shards), (position, rows or ParkedRows)); ``stats``.
+    """
 
     def __init__(self, output: str, split: str, spec: RowSpec, max_num_tokens: int, num_shards: int,
                  counts: beam.PCollection):
@@ -118,11 +129,17 @@ class MaskInstances(beam.PTransform):
         self.args = (output, split, spec, max_num_tokens, num_shards)
         self.counts = counts
 
-    def expand(self, items: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+    def expand(self, items: beam.PCollection) -> dict[str, beam.PCollection]:
+        places = (
+            self.counts
+            | "CountRows" >> beam.CombinePerKey(sum)
+            | "KeyAll" >> beam.Map(lambda bucket_rows: (0, bucket_rows))
+            | "AllCounts" >> beam.GroupByKey()
+            | "Place" >> beam.FlatMap(lambda all_counts: placements(dict(all_counts[1])))
+        )
         return (
-            items
-            | "GroupByBucket" >> beam.GroupByKey()
-            | "ResolveMask" >> beam.ParDo(_ResolveAndMaskFn(*self.args), counts=AsDict(self.counts)).with_outputs(
-                STATS, main="rows"
-            )
+            {"blocks": items, "place": places}
+            | "GroupByBucket" >> beam.CoGroupByKey()
+            | "ResolveMask" >> beam.ParDo(_ResolveAndMaskFn(*self.args))
+            | ByTag("rows", STATS)
         )

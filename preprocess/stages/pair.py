@@ -18,11 +18,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.pvalue import TaggedOutput
 
 from preprocess.packed import DocumentBatch, DonorBlock, PairBlock, RequestBlock, offsets_of
 from preprocess.pairs import DocumentPlan, PairingParams, plan_blocks, plan_document
-from preprocess.stages.counting import STATS, count
+from preprocess.stages.counting import STATS, ByTag, count
 
 Blocks = tuple[PairBlock, RequestBlock, DonorBlock]
 
@@ -115,13 +114,14 @@ class _PairFn(beam.DoFn):
     def process(self, docs: DocumentBatch):
         items, counts, stats = pair_batch(docs, self.params, self.dupe_factor, self.seed, self.buckets)
         for c in counts:
-            yield TaggedOutput("counts", c)
-        yield from spill(items, self.spill_dir, self.split) if self.spill_dir else items
+            yield "counts", c
+        for item in spill(items, self.spill_dir, self.split) if self.spill_dir else items:
+            yield "items", item
         yield count(stats, self.split)
 
 
 class CreatePairs(beam.PTransform):
-    """DocumentBatch -> (bucket, (pairs, requests, donors)); row counts per bucket.
+    """DocumentBatch -> ``items``: (bucket, (pairs, requests, donors)); ``counts``: (bucket, rows); ``stats``.
 
     With ``spill_dir`` the blocks are written there and (bucket, SpilledBlocks) emitted.
     """
@@ -131,5 +131,5 @@ class CreatePairs(beam.PTransform):
         super().__init__()
         self.args = (split, params, dupe_factor, seed, buckets, spill_dir)
 
-    def expand(self, docs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return docs | "Plan" >> beam.ParDo(_PairFn(*self.args)).with_outputs(STATS, "counts", main="items")
+    def expand(self, docs: beam.PCollection) -> dict[str, beam.PCollection]:
+        return docs | "Plan" >> beam.ParDo(_PairFn(*self.args)) | ByTag("items", "counts", STATS)

@@ -1,7 +1,10 @@
-"""Stage 1, read and segment: (file index, path) -> documents -> (doc_id, sentences).
+"""Stage 1, read and segment: (file index, path) -> batches of documents -> of (doc_id, sentences).
 
 :func:`read_file` reads one input file into documents, counting what it skips; a file
-that breaks mid-stream keeps the documents read before the fault.
+that breaks mid-stream keeps the documents read before the fault. Documents leave in
+batches of up to :data:`DOCUMENTS_PER_BATCH` of one file, the unit the tokenizer encodes
+at once (batched here, in ``process``, rather than by ``BatchElements``, whose last batch
+of a bundle is emitted from ``finish_bundle``: see :mod:`preprocess.runners`).
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import apache_beam as beam
 from preprocess import progress
 from preprocess.documents import Document, ReadParams, file_format, open_input, read_documents
 from preprocess.sentences import split_sentences
-from preprocess.stages.counting import NAMESPACE, count
+from preprocess.stages.counting import NAMESPACE, STATS, ByTag, count
 
 log = logging.getLogger(NAMESPACE)
 COMPRESSED = (".gz", ".bz2", ".zst", ".deflate")
+DOCUMENTS_PER_BATCH = 256
+DOCUMENTS = "documents"
 
 
 def read_file(file_index: int, path: str, params: ReadParams, stats: Counter) -> Iterator[Document]:
@@ -41,20 +46,21 @@ class _ReadFileFn(beam.DoFn):
     def __init__(self, params: ReadParams):
         self.params = params
 
-    def finish_bundle(self) -> None:
-        progress.flush()
-
     def process(self, item: tuple[int, str]):
         stats: Counter = Counter()
-        documents = text = 0
+        batch: list[Document] = []
+        text = 0
         for doc in read_file(*item, self.params, stats):
-            documents += 1
+            batch.append(doc)
             text += sum(len(line) for line in doc.lines)
-            if documents % 1000 == 0:  # large files report as they go
-                progress.report(documents=1000, text_bytes=text)
-                text = 0
-            yield doc
-        progress.report(files=1, documents=documents % 1000, text_bytes=text)
+            if len(batch) == DOCUMENTS_PER_BATCH:  # large files report as they go
+                progress.report(documents=len(batch), text_bytes=text)
+                yield DOCUMENTS, batch
+                batch, text = [], 0
+        progress.report(files=1, documents=len(batch), text_bytes=text)
+        progress.flush()
+        if batch:
+            yield DOCUMENTS, batch
         errors = stats.pop("errors", 0)
         if errors:
             beam.metrics.Metrics.counter(NAMESPACE, "errors").inc(errors)
@@ -62,23 +68,23 @@ class _ReadFileFn(beam.DoFn):
 
 
 class ReadCorpus(beam.PTransform):
-    """(file index, path) -> Document; stats to the ``stats`` output."""
+    """(file index, path) -> ``documents`` (lists of Document) and ``stats``."""
 
     def __init__(self, params: ReadParams):
         super().__init__()
         self.params = params
 
-    def expand(self, files: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return files | beam.ParDo(_ReadFileFn(self.params)).with_outputs("stats", main="documents")
+    def expand(self, files: beam.PCollection) -> dict[str, beam.PCollection]:
+        return files | "ReadFiles" >> beam.ParDo(_ReadFileFn(self.params)) | ByTag(DOCUMENTS, STATS)
 
 
 class SplitSentences(beam.PTransform):
-    """Document -> (doc_id, [sentence, ...])."""
+    """[Document, ...] -> [(doc_id, [sentence, ...]), ...]."""
 
     def __init__(self, language: str):
         super().__init__()
         self.language = language
 
-    def expand(self, docs: beam.PCollection) -> beam.PCollection:
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
         language = self.language
-        return docs | beam.Map(lambda d: (d.doc_id, split_sentences(d.lines, language)))
+        return batches | beam.Map(lambda docs: [(d.doc_id, split_sentences(d.lines, language)) for d in docs])

@@ -1,4 +1,4 @@
-"""Stage 2, tokenize: (doc_id, sentences) batches -> DocumentBatch per split.
+"""Stage 2, tokenize: batches of (doc_id, sentences) -> DocumentBatch per split.
 
 :func:`tokenize_batch` encodes a batch of documents' sentences into one packed
 :class:`~preprocess.packed.DocumentBatch`, and :func:`in_validation` assigns documents to
@@ -12,11 +12,10 @@ from collections import Counter
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.pvalue import TaggedOutput
 
 from preprocess import rng
 from preprocess.packed import DocumentBatch
-from preprocess.stages.counting import STATS, count
+from preprocess.stages.counting import STATS, ByTag, count
 from preprocess.tokenization import SentenceEncoder, TokenizerSpec, build_tokenizer
 
 
@@ -48,10 +47,11 @@ class _TokenizeFn(beam.DoFn):
         self.validation_fraction = validation_fraction
 
     def setup(self):
-        if self.threads:
+        threads = self.threads or dask_worker_threads()
+        if threads:
             # Several worker processes share the machine: give each its share of the cores
             # (set before the tokenizer's thread pool first starts in this process).
-            os.environ["RAYON_NUM_THREADS"] = str(self.threads)
+            os.environ["RAYON_NUM_THREADS"] = str(threads)
         self.encoder = SentenceEncoder(build_tokenizer(self.spec))
 
     def process(self, batch: list[tuple[int, list[str]]]):
@@ -59,16 +59,26 @@ class _TokenizeFn(beam.DoFn):
         yield count(stats, "documents")
         validation = in_validation(docs.doc_id, self.validation_fraction)
         if validation.any():
-            yield TaggedOutput("validation", docs.take(np.flatnonzero(validation)))
+            yield "validation", docs.take(np.flatnonzero(validation))
         if not validation.all():
-            yield docs.take(np.flatnonzero(~validation)) if validation.any() else docs
+            yield "train", docs.take(np.flatnonzero(~validation)) if validation.any() else docs
+
+
+def dask_worker_threads() -> int | None:
+    """The threads of the Dask worker running this task (its share of the node's cores), if any."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().state.nthreads
+    except (ImportError, ValueError):  # not installed; not in a Dask worker
+        return None
 
 
 class TokenizeDocuments(beam.PTransform):
-    """(doc_id, sentences) -> DocumentBatch per split, batched through the tokenizer.
+    """Batches of (doc_id, sentences) -> DocumentBatch per split.
 
-    Outputs: ``train`` and ``validation`` (documents assigned by :func:`in_validation`),
-    and ``stats``.
+    Outputs: ``train`` and, with a validation fraction, ``validation`` (documents assigned by
+    :func:`in_validation`), and ``stats``.
     """
 
     def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str = "int32",
@@ -76,9 +86,6 @@ class TokenizeDocuments(beam.PTransform):
         super().__init__()
         self.args = (spec, max_sentence_tokens, token_dtype, threads, validation_fraction)
 
-    def expand(self, docs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (
-            docs
-            | "Batch" >> beam.BatchElements(min_batch_size=16, max_batch_size=256)
-            | "Encode" >> beam.ParDo(_TokenizeFn(*self.args)).with_outputs(STATS, "validation", main="train")
-        )
+    def expand(self, batches: beam.PCollection) -> dict[str, beam.PCollection]:
+        splits = ("train", "validation") if self.args[-1] > 0 else ("train",)
+        return batches | "Encode" >> beam.ParDo(_TokenizeFn(*self.args)) | ByTag(*splits, STATS)

@@ -1,8 +1,9 @@
 """Stage 5, write: each shard's pieces -> one Arrow file; then, last, the manifest.
 
 :func:`shard_bytes` orders a shard's pieces by position and encodes them with the
-dataset's metadata; the manifest is written after every shard (a side input of all
-shards) and the ``.parts/`` scratch directory is removed just before it.
+dataset's metadata; the manifest is written after every shard, by the pipeline's one
+final transform, which joins every shard's record with the summed stats under one key
+(and the ``.parts/`` scratch directory is removed just before it).
 """
 
 from __future__ import annotations
@@ -46,9 +47,6 @@ class _WriteShardFn(beam.DoFn):
     def __init__(self, output: str, split: str, token_dtype: str, metadata: dict[str, str]):
         self.output, self.split, self.token_dtype, self.metadata = output, split, token_dtype, metadata
 
-    def finish_bundle(self) -> None:
-        progress.flush()
-
     def process(self, element: tuple[tuple[int, int], list]):
         (shard, shards), pieces = element
         meta = {**self.metadata, "split": self.split, "shard": str(shard), "shards": str(shards)}
@@ -57,6 +55,7 @@ class _WriteShardFn(beam.DoFn):
         write_atomically(FileSystems.join(self.output, rel), data)
         Metrics.counter(NAMESPACE, "shards_written").inc()
         progress.report(shards=1)
+        progress.flush()
         yield ShardInfo(rel, rows, tokens, len(data), checksum(data))
 
 
@@ -82,25 +81,26 @@ class _WriteManifestFn(beam.DoFn):
     def __init__(self, output: str, header: dict[str, Any]):
         self.output, self.header = output, header
 
-    def process(self, _: Any, shards: list[ShardInfo], stats: dict[str, dict]):
-        manifest = manifest_of(self.header, shards, stats)
+    def process(self, element: tuple[int, dict[str, list]]):
+        _, joined = element
+        manifest = manifest_of(self.header, list(joined["shards"]), dict(joined["stats"]))
         remove_parts(self.output)
         write_atomically(FileSystems.join(self.output, MANIFEST_NAME), dumps(manifest))
         yield manifest
 
 
 class WriteManifest(beam.PTransform):
-    """Writes the manifest once every shard is written (``shards`` and ``stats`` as side inputs)."""
+    """Writes the manifest once every shard is written: ``shards`` (ShardInfo) and ``stats``
+    ((group, summed counts)) meet under one key, so the write depends on every branch."""
 
-    def __init__(self, output: str, header: dict[str, Any], shards: beam.PCollection, stats: beam.PCollection):
+    def __init__(self, output: str, header: dict[str, Any]):
         super().__init__()
-        self.output, self.header, self.shards, self.stats = output, header, shards, stats
+        self.output, self.header = output, header
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
+        keyed = {tag: pcoll | f"Key[{tag}]" >> beam.Map(lambda v: (0, v)) for tag, pcoll in inputs.items()}
         return (
-            pbegin
-            | "ManifestTrigger" >> beam.Create([None])
-            | "WriteManifest" >> beam.ParDo(_WriteManifestFn(self.output, self.header),
-                                            shards=beam.pvalue.AsList(self.shards),
-                                            stats=beam.pvalue.AsDict(self.stats))
+            keyed
+            | "Gather" >> beam.CoGroupByKey()
+            | "WriteManifest" >> beam.ParDo(_WriteManifestFn(self.output, self.header))
         )

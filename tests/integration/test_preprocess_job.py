@@ -71,6 +71,32 @@ def test_same_input_and_seed_give_identical_bytes_for_1_and_2_workers(corpus_dir
     assert c["train/shard-00000-of-00005.arrow"] != a["train/shard-00000-of-00005.arrow"]
 
 
+def _tokenizer_pool_size(vocab_file: str) -> str:
+    from preprocess.stages.tokenize import _TokenizeFn
+    from preprocess.tokenization import TokenizerSpec
+
+    os.environ.pop("RAYON_NUM_THREADS", None)
+    _TokenizeFn(TokenizerSpec(vocab_file), 64, "uint16").setup()
+    return os.environ["RAYON_NUM_THREADS"]
+
+
+def test_dask_runner_on_two_worker_processes_gives_the_local_runners_bytes(corpus_dir, vocab_file, dataset, tmp_path):
+    from distributed import Client, LocalCluster
+
+    out = tmp_path / "data"
+    with (LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster,
+          Client(cluster) as client):
+        # in a Dask worker, the tokenizer's thread pool is the worker's share of the cores: its threads
+        pools = [client.submit(_tokenizer_pool_size, vocab_file, workers=[w], pure=False).result()
+                 for w in client.nthreads()]
+        assert pools == ["2", "2"]
+        # the `dataset` fixture's arguments, which the local runner ran
+        run_job([str(corpus_dir / "*.txt")], out, vocab_file, "--max-seq-length", "64", "--dupe-factor", "2",
+                "--num-shards", "4", "--validation-fraction", "0.05", "--runner", "dask",
+                f"--dask_client_address={cluster.scheduler_address}")
+    assert files_of(out) == files_of(dataset)  # every shard, the manifest: byte-identical; no .parts/ left
+
+
 def test_rerun_into_the_same_directory_replaces_the_dataset(corpus_dir, vocab_file, tmp_path):
     out = tmp_path / "data"
     run_job([str(corpus_dir / "part-000.txt")], out, vocab_file, "--num-shards", "4")

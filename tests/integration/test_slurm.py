@@ -141,8 +141,9 @@ def wait_for(env, job_id: str, states=("COMPLETED",), timeout=600) -> dict[str, 
 
 
 def log_of(job_id: str, name: str = "*") -> str:
-    files = sorted((ROOT / "logs").glob(f"{name}-{job_id}.out"))
-    return files[0].read_text() if files else "(no log)"
+    """The job's log (the newest of that id: each test cluster numbers its jobs from 1)."""
+    files = sorted((ROOT / "logs").glob(f"{name}-{job_id}.out"), key=lambda p: p.stat().st_mtime)
+    return files[-1].read_text() if files else "(no log)"
 
 
 def wait_for_steps(run_dir: Path, n: int, timeout=300) -> None:
@@ -203,6 +204,51 @@ def test_preprocessing_batch_job(slurm, corpus_dir, vocab_file, tmp_path):
     from preprocess.reader import PretrainingDataset
 
     assert len(PretrainingDataset(str(out), verify="checksum")) > 0
+
+
+def files_of(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def submit_dask_preprocessing(slurm, corpus_dir, vocab_file, out: Path) -> str:
+    """Two nodes; the arguments of the `dataset` fixture, which the local runner made."""
+    (ROOT / "logs").mkdir(exist_ok=True)
+    return sbatch(slurm, "--nodes=2", "--cpus-per-task=2", "slurm/preprocess.sbatch", "--max-seq-length", "64",
+                  "--dupe-factor", "2", "--num-shards", "4", "--validation-fraction", "0.05",
+                  INPUT=str(corpus_dir / "*.txt"), OUTPUT=str(out), VOCAB=vocab_file, PYTHON=sys.executable,
+                  PYTHONPATH=str(ROOT))
+
+
+def dask_processes_of(out: Path) -> str:
+    return subprocess.run(["pgrep", "-af", str(out / ".dask-")], capture_output=True, text=True).stdout
+
+
+def test_preprocessing_across_two_nodes_on_dask_matches_the_local_runner(slurm, corpus_dir, vocab_file, dataset,
+                                                                         tmp_path):
+    out = tmp_path / "data"
+    job_id = submit_dask_preprocessing(slurm, corpus_dir, vocab_file, out)
+    wait_for(slurm, job_id)
+    log = log_of(job_id, "bert-preprocess")
+    assert "Dask cluster on 2 nodes, 2 worker processes x 1 threads per node" in log
+    assert "Dask workers on nodeA" in log and "Dask workers on nodeB" in log
+    assert "Dask runner: 4 worker threads" in log
+    assert files_of(out) == files_of(dataset)  # byte-identical, and nothing left behind (.parts/, .dask-*)
+    assert not any(w in log for w in ("Killed", "WARNING", "ERROR", "Traceback")), log  # shut down cleanly, quietly
+    assert dask_processes_of(out) == ""
+
+
+def test_the_dask_cluster_is_shut_down_when_the_job_is_signalled(slurm, corpus_dir, vocab_file, tmp_path):
+    out = tmp_path / "data"
+    job_id = submit_dask_preprocessing(slurm, corpus_dir, vocab_file, out)
+    deadline = time.time() + 120
+    while "Dask workers on nodeB" not in log_of(job_id, "bert-preprocess") and time.time() < deadline:
+        time.sleep(0.2)
+    # What the time limit sends the batch script (it sends the steps the same, which only hastens their end).
+    subprocess.run(["scancel", "--signal=TERM", "--batch", job_id], env=slurm, check=True)
+    info = wait_for(slurm, job_id, states=("FAILED", "CANCELLED", "COMPLETED"), timeout=120)
+    assert info["JobState"] != "COMPLETED"
+    assert "stopped by a signal; shutting the Dask cluster down" in log_of(job_id, "bert-preprocess")
+    assert dask_processes_of(out) == "" and not list(out.glob(".dask-*"))
 
 
 def test_phase_1_then_phase_2_chain(slurm, dataset, tmp_path):

@@ -7,7 +7,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from preprocess.pairs import PairingParams
-from preprocess.stages.mask import MaskInstances, mask_bucket
+from preprocess.stages.mask import MaskInstances, mask_bucket, placements
 from preprocess.stages.pair import CreatePairs, pair_batch
 
 from .helpers import docs, row_spec, rows_of
@@ -17,9 +17,9 @@ def test_mask_instances_resolves_random_next_and_balances_shards(vocab_file, tmp
     params = PairingParams(max_seq_length=32, short_seq_prob=0.0)
     spec = row_spec(vocab_file)
     with TestPipeline() as p:
-        items, _, counts = p | beam.Create(docs()) | CreatePairs("train", params, 2, 7, 3)
-        rows, _ = items | MaskInstances(
-            str(tmp_path), "train", spec, params.max_num_tokens, 3, counts | "SumCounts" >> beam.CombinePerKey(sum))
+        pairs = p | beam.Create(docs()) | CreatePairs("train", params, 2, 7, 3)
+        rows = (pairs["items"] | MaskInstances(str(tmp_path), "train", spec, params.max_num_tokens, 3,
+                                               pairs["counts"]))["rows"]
         tables = rows | beam.Map(lambda e: (e[0][0], rows_of(e[1][1])))
         per_shard = tables | beam.Map(lambda e: (e[0], e[1].num_rows)) | "SumRows" >> beam.CombinePerKey(sum)
 
@@ -53,8 +53,12 @@ def test_mask_bucket_places_every_row_once_in_position_order(vocab_file):
         for bucket, n in bucket_counts:
             counts[bucket] += n
     positions, stats = [], []
+    places = dict(placements(counts))
+    assert places == {0: (0, sum(counts.values())), 1: (counts[0], sum(counts.values())),
+                      2: (counts[0] + counts[1], sum(counts.values()))}
     for bucket in range(3):
-        for piece in mask_bucket(bucket, groups[bucket], counts, spec, params.max_num_tokens, num_shards=3):
+        first, total = places[bucket]
+        for piece in mask_bucket(bucket, groups[bucket], first, total, spec, params.max_num_tokens, num_shards=3):
             if isinstance(piece, dict):
                 stats.append(piece)
                 continue

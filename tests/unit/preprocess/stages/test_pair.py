@@ -2,7 +2,6 @@
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.pvalue import TaggedOutput
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -15,7 +14,8 @@ from .helpers import docs
 def test_create_pairs_routes_items_to_key_buckets_and_counts_rows():
     params = PairingParams(max_seq_length=32, short_seq_prob=0.0)
     with TestPipeline() as p:
-        items, _, counts = p | beam.Create(docs()) | CreatePairs("train", params, 2, 7, 4)
+        out = p | beam.Create(docs()) | CreatePairs("train", params, 2, 7, 4)
+        items, counts = out["items"], out["counts"]
 
         def check(element):
             bucket, (pairs, requests, donors) = element
@@ -39,7 +39,7 @@ def test_pairing_can_spill_blocks_to_files(tmp_path):
 
     def items(spill_dir):
         fn = _PairFn("train", params, 2, 7, 4, spill_dir)
-        return [e for e in fn.process(batch) if not isinstance(e, TaggedOutput)]
+        return [value for tag, value in fn.process(batch) if tag == "items"]
 
     inline, spilled = items(None), items(str(tmp_path / "spill"))
     assert [b for b, _ in inline] == [b for b, _ in spilled] == [0, 1, 2, 3]

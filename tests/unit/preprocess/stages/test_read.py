@@ -19,7 +19,8 @@ def test_read_corpus_reads_text_and_gzip_and_counts_bad_files(tmp_path):
     (tmp_path / "d.txt.gz").write_bytes(gzip.compress(b"Before the cut.\n\n" + b"x" * 5000)[:40])
     files = [(i, str(tmp_path / n)) for i, n in enumerate(["a.txt", "b.txt.gz", "c.bin", "d.txt.gz"])]
     with TestPipeline() as p:
-        docs, stats = p | beam.Create(files) | ReadCorpus(ReadParams())
+        out = p | beam.Create(files) | ReadCorpus(ReadParams())
+        docs, stats = out["documents"] | beam.FlatMap(lambda batch: batch), out["stats"]
         assert_that(docs | beam.Map(lambda d: (d.doc_id, d.lines)), equal_to([
             (document_id(0, 0), ["Doc one."]),
             (document_id(0, 10), ["Doc two."]),
@@ -35,8 +36,18 @@ def test_read_corpus_reads_text_and_gzip_and_counts_bad_files(tmp_path):
 
 def test_split_sentences():
     with TestPipeline() as p:
-        out = p | beam.Create([Document(5, ["One here. Two here.", "Three"])]) | SplitSentences("en")
-        assert_that(out, equal_to([(5, ["One here.", "Two here.", "Three"])]))
+        out = p | beam.Create([[Document(5, ["One here. Two here.", "Three"]), Document(6, ["Four."])]]) | SplitSentences(
+            "en")
+        assert_that(out, equal_to([[(5, ["One here.", "Two here.", "Three"]), (6, ["Four."])]]))
+
+
+def test_documents_leave_in_batches_of_one_file(tmp_path):
+    from preprocess.stages.read import DOCUMENTS_PER_BATCH, _ReadFileFn
+
+    (tmp_path / "a.txt").write_text("".join(f"Document {i}.\n\n" for i in range(DOCUMENTS_PER_BATCH + 3)))
+    out = list(_ReadFileFn(ReadParams()).process((0, str(tmp_path / "a.txt"))))
+    assert [(tag, len(v) if tag == "documents" else v[0]) for tag, v in out] == [
+        ("documents", DOCUMENTS_PER_BATCH), ("documents", 3), ("stats", "documents")]
 
 
 def test_read_file_keeps_documents_before_a_fault_and_counts_it(tmp_path):

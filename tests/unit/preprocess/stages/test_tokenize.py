@@ -17,14 +17,14 @@ def test_tokenize_batches_cuts_long_sentences_and_drops_empty_documents(vocab_fi
     with TestPipeline() as p:
         out = (
             p
-            | beam.Create([(1, ["Return the value.", long_sentence]), (2, ["\x07\x08"])])
+            | beam.Create([[(1, ["Return the value.", long_sentence]), (2, ["\x07\x08"])]])
             | TokenizeDocuments(spec, max_sentence_tokens=16)
         )
-        docs = out.train | beam.FlatMap(
+        docs = out["train"] | beam.FlatMap(
             lambda b: [(int(d), b.take([i]).lengths.tolist(), int(b.sizes[i])) for i, d in enumerate(b.doc_id)])
         first = len(tok.encode("Return the value.", add_special_tokens=False).ids)
         assert_that(docs, equal_to([(1, [first, 16, 16, 8], first + 40)]), label="docs")
-        counts = out.stats | beam.Map(lambda kv: kv[1]) | beam.FlatMap(dict.items) | beam.CombinePerKey(sum)
+        counts = out["stats"] | beam.Map(lambda kv: kv[1]) | beam.FlatMap(dict.items) | beam.CombinePerKey(sum)
         assert_that(
             counts | beam.Filter(lambda kv: kv[0] in ("document_no_tokens", "sentences_cut_long")),
             equal_to([("document_no_tokens", 1), ("sentences_cut_long", 1)]),
@@ -37,7 +37,7 @@ def test_tokenize_routes_documents_to_their_split(vocab_file):
     ids = list(range(200))
     expected = in_validation(np.array(ids, dtype=np.uint64), 0.2)
     with TestPipeline() as p:
-        out = p | beam.Create([(i, [f"Sentence number {i}."]) for i in ids]) | TokenizeDocuments(
+        out = p | beam.Create([[(i, [f"Sentence number {i}."]) for i in ids[k:k + 50]] for k in range(0, 200, 50)]) | TokenizeDocuments(
             spec, max_sentence_tokens=16, validation_fraction=0.2)
         for split, want in (("train", ~expected), ("validation", expected)):
             got = out[split] | f"Ids[{split}]" >> beam.FlatMap(lambda b: b.doc_id.tolist())

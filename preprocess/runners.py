@@ -1,0 +1,240 @@
+"""The runners the job runs on: Beam's local runner by default, Beam's Dask runner, or any other.
+
+* No ``--runner``: Beam's FnApiRunner in multi-processing mode with one worker per local
+  core (Beam's default runner would first try to download Prism, which fails offline).
+* ``--runner dask`` (or ``DaskRunner``, or its full name): Beam's Dask runner on the
+  ``dask.distributed`` cluster named by ``--dask_scheduler_file`` or
+  ``--dask_client_address``; without either, a local cluster of one worker process per
+  core, started and stopped here. :func:`run_on_dask` checks the pipeline's shape first
+  (:func:`check_dask_shape`), sizes the input partitions to the cluster, and closes its
+  client.
+* Any other runner option is passed through unchanged (Dataflow, Flink, Spark, portable).
+
+Beam's Dask runner (Beam 2.77) translates a pipeline into Dask bags and runs some shapes
+wrongly without a word. :func:`check_dask_shape` refuses those before any work:
+
+1. a ``ParDo`` with several outputs: every output is the same bag, so each consumer
+   receives the elements of every tag;
+2. side inputs: each task that reads one computes the side input's whole upstream graph
+   again, inside the task (its side effects too);
+3. a ``DoFn`` with its own ``finish_bundle``: what it emits there is dropped (the bundle's
+   results are collected before ``finish_bundle`` runs), e.g. ``BatchElements``' last batch;
+4. ``Read`` (e.g. ``ReadFromText``), ``Reshuffle`` and ``WindowInto``: not translated
+   (windowing and reshuffles are ignored, reads produce nothing);
+5. more than one sink: only the bag of the last transform visited is computed, so a
+   second branch that nothing downstream depends on never runs.
+
+Metrics are not implemented by that runner (counts reach the manifest through the data),
+and ``Create`` puts up to 128 elements in one partition unless ``--dask_npartitions`` is
+set, which :func:`run_on_dask` does: one partition per input file, at most
+:data:`PARTITIONS_PER_THREAD` per worker thread of the cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from preprocess import logs
+from preprocess.config import ConfigError
+
+log = logging.getLogger("preprocess")
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+DASK_NAMES = ("dask", "daskrunner", DASK_RUNNER.lower())
+PARTITIONS_PER_THREAD = 4
+
+
+def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | None]:
+    """Beam options, and an explicit local runner when none was asked for."""
+    opts = PipelineOptions(beam_args)
+    standard = opts.view_as(StandardOptions)
+    if standard.runner is not None:
+        if is_dask(opts):
+            standard.runner = DASK_RUNNER
+        return opts, None
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    direct = opts.view_as(DirectOptions)
+
+    def given(flag: str) -> bool:
+        return any(a == flag or a.startswith(flag + "=") for a in beam_args)
+
+    # DirectOptions defaults to one worker: ask for every core unless told otherwise.
+    if not given("--direct_num_workers") or not direct.direct_num_workers:
+        direct.direct_num_workers = os.cpu_count() or 1
+    if not given("--direct_running_mode"):
+        direct.direct_running_mode = "multi_processing" if direct.direct_num_workers > 1 else "in_memory"
+    return opts, FnApiRunner(provision_info=_worker_provision(opts))
+
+
+def is_dask(opts: PipelineOptions) -> bool:
+    runner = opts.view_as(StandardOptions).runner
+    return isinstance(runner, str) and runner.lower() in DASK_NAMES
+
+
+def _worker_provision(opts: PipelineOptions) -> object | None:
+    """What the local runner tells its worker processes: the harness's log level, which the runner
+    itself does not pass on (its workers otherwise log every routine step at INFO)."""
+    level = opts.get_all_options().get("default_sdk_harness_log_level")
+    if not level:
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
+    from google.protobuf import struct_pb2
+
+    options = struct_pb2.Struct()
+    options.update({"default_sdk_harness_log_level": level})
+    return ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(retrieval_token="unused-retrieval-token",
+                                                                      pipeline_options=options))
+
+
+def local_tokenizer_threads(opts: PipelineOptions) -> int | None:
+    """Cores per local worker process, so that W workers do not each start all-core pools."""
+    direct = opts.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing":
+        return None
+    return max(1, (os.cpu_count() or 1) // max(1, direct.direct_num_workers))
+
+
+class _ShapeCheck(beam.pipeline.PipelineVisitor):
+    TRANSLATED = (beam.Create, beam.GroupByKey)  # replaced whole by the runner's own translation
+    UNTRANSLATED = (beam.io.Read, beam.Reshuffle, beam.WindowInto, beam.Impulse)  # run as no-ops
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.consumed: set[int] = set()
+        self.leaves: list[beam.pipeline.AppliedPTransform] = []
+        self.inside_translated: list[beam.pipeline.AppliedPTransform] = []
+
+    def visit_transform(self, node: beam.pipeline.AppliedPTransform) -> None:
+        if self.inside_translated:
+            return
+        self.leaves.append(node)
+        for pcoll in list(node.main_inputs.values()) + [si.pvalue for si in node.side_inputs]:
+            self.consumed.add(id(pcoll))
+        self._check(node)
+
+    def enter_composite_transform(self, node: beam.pipeline.AppliedPTransform) -> None:
+        if self.inside_translated:
+            return
+        if type(node.transform) in self.TRANSLATED or isinstance(node.transform, self.UNTRANSLATED):
+            self.visit_transform(node)  # one leaf to the runner; what it expands to here is not run
+            self.inside_translated.append(node)
+
+    def leave_composite_transform(self, node: beam.pipeline.AppliedPTransform) -> None:
+        if self.inside_translated and self.inside_translated[-1] is node:
+            self.inside_translated.pop()
+
+    def _check(self, node: beam.pipeline.AppliedPTransform) -> None:
+        transform, label = node.transform, node.full_label
+        if isinstance(transform, self.UNTRANSLATED):
+            self.problems.append(f"{label}: {type(transform).__name__} is not translated (the runner skips it; "
+                                 "read inputs with Create and a DoFn)")
+            return
+        if not isinstance(transform, beam.ParDo):
+            return
+        if len(node.outputs) > 1:
+            self.problems.append(f"{label}: a ParDo with several outputs ({', '.join(map(str, node.outputs))}); "
+                                 "the runner gives every consumer the elements of every output")
+        if node.side_inputs:
+            self.problems.append(f"{label}: side inputs; the runner recomputes them inside every task")
+        fn = transform.fn
+        if type(fn).finish_bundle is not beam.DoFn.finish_bundle:
+            self.problems.append(f"{label}: {type(fn).__name__}.finish_bundle; the runner drops what it emits")
+
+    def sinks(self) -> list[beam.pipeline.AppliedPTransform]:
+        return [n for n in self.leaves
+                if n.outputs and all(id(p) not in self.consumed for p in n.outputs.values())]
+
+
+def check_dask_shape(pipeline: beam.Pipeline) -> None:
+    """Raise :class:`ConfigError` naming every transform Beam's Dask runner would run wrongly.
+
+    ``Create`` and ``GroupByKey`` are checked as the runner runs them, by its own
+    translation, not by their expansion here (a ``Create`` expands with a ``Reshuffle``).
+    """
+    check = _ShapeCheck()
+    pipeline.visit(check)
+    problems = check.problems
+    sinks = check.sinks()
+    if len(sinks) > 1:
+        problems.append("several sinks (" + ", ".join(n.full_label for n in sinks) + "); the runner computes only "
+                        "the last transform, so the others would never run: make one final transform depend on all")
+    elif sinks and check.leaves and sinks[0] is not check.leaves[-1]:
+        problems.append(f"{sinks[0].full_label}: the sink is not the last transform applied; the runner computes "
+                        f"only {check.leaves[-1].full_label}")
+    if problems:
+        raise ConfigError("--runner dask: Beam's Dask runner would run this pipeline wrongly:\n  "
+                          + "\n  ".join(problems))
+
+
+def _dask_options(opts: PipelineOptions) -> object:
+    try:
+        import distributed  # noqa: F401
+        from apache_beam.runners.dask.dask_runner import DaskOptions
+    except ImportError as e:
+        raise ConfigError(f"--runner dask: {e}; install the extra: pip install 'bert-pipeline[dask]'") from e
+    return opts.view_as(DaskOptions)
+
+
+@contextlib.contextmanager
+def dask_cluster(opts: PipelineOptions, files: int) -> Iterator[None]:
+    """Point ``opts`` at the cluster they name, or at a local one started for this job, and size
+    the input partitions to it. Set before the pipeline is made (a pipeline copies its options).
+
+    A local cluster has one single-threaded worker process per core, so the tokenizer in
+    each runs one thread (:func:`preprocess.stages.tokenize.dask_worker_threads`).
+    """
+    from distributed import Client, LocalCluster
+
+    dask = _dask_options(opts)
+    cluster = None
+    if not dask.address and not dask.scheduler_file:
+        cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        dask.address = cluster.scheduler_address
+    try:
+        kwargs = {"scheduler_file": dask.scheduler_file} if dask.scheduler_file else {"address": dask.address}
+        with Client(timeout=dask.timeout or 60, **kwargs) as client:
+            client.wait_for_workers(1, timeout=300)
+            threads = sum(client.nthreads().values())
+            if logs.is_quiet():  # workers import Beam, which logs a notice on import
+                client.register_plugin(_quiet_worker(), name="bert-pipeline-quiet")
+        if not dask.npartitions and not dask.partition_size:
+            dask.npartitions = max(1, min(files, PARTITIONS_PER_THREAD * threads))
+        log.info("Dask runner: %d worker threads; the input files in %s partitions", threads,
+                 dask.npartitions or f"{dask.partition_size}-file")
+        yield
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _quiet_worker() -> object:
+    """A Dask worker plugin that filters, in each worker, what :func:`preprocess.logs.setup` filters here."""
+    from distributed import WorkerPlugin
+
+    class QuietWorker(WorkerPlugin):
+        def setup(self, worker: object) -> None:
+            logs.drop_beam_import_notice()
+
+    return QuietWorker()
+
+
+def run_on_dask(pipeline: beam.Pipeline) -> None:
+    """Check the pipeline's shape, then run it to completion on the cluster its options name."""
+    import dask
+
+    check_dask_shape(pipeline)
+    # A disk-based shuffle would write to each node's local disk: across nodes, tasks.
+    with dask.config.set({"dataframe.shuffle.method": "tasks"}):
+        result = pipeline.run()
+        try:
+            result.wait_until_finish()
+        finally:
+            result.client.close()
