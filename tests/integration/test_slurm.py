@@ -17,7 +17,8 @@ import pytest
 
 from pretrain.run_dir import RunDir
 
-pytestmark = pytest.mark.integration
+# One group: under pytest-xdist every test of this module runs in one worker, with one test cluster.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm")]
 ROOT = Path(__file__).resolve().parents[2]
 NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "srun")
 
@@ -233,7 +234,8 @@ def test_preprocessing_across_two_nodes_on_dask_matches_the_local_runner(slurm, 
     assert "Dask workers on nodeA" in log and "Dask workers on nodeB" in log
     assert "Dask runner: 4 worker threads" in log
     assert files_of(out) == files_of(dataset)  # byte-identical, and nothing left behind (.parts/, .dask-*)
-    assert not any(w in log for w in ("Killed", "WARNING", "ERROR", "Traceback")), log  # shut down cleanly, quietly
+    assert not any(w in log for w in ("Killed", "WARNING", "ERROR", "Traceback")), log  # the job's lines only
+    assert f"Dask's logs in logs/bert-preprocess-{job_id}-dask.log" in log
     assert dask_processes_of(out) == ""
 
 
