@@ -133,8 +133,9 @@ class _ShapeCheck(beam.pipeline.PipelineVisitor):
     def _check(self, node: beam.pipeline.AppliedPTransform) -> None:
         transform, label = node.transform, node.full_label
         if isinstance(transform, self.UNTRANSLATED):
-            self.problems.append(f"{label}: {type(transform).__name__} is not translated (the runner skips it; "
-                                 "read inputs with Create and a DoFn)")
+            hint = "read inputs with Create and a DoFn" if isinstance(transform, (beam.io.Read, beam.Impulse)) else ""
+            self.problems.append(f"{label}: {type(transform).__name__} is not translated (the runner skips it"
+                                 + (f"; {hint})" if hint else ")"))
             return
         if not isinstance(transform, beam.ParDo):
             return
