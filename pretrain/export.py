@@ -49,6 +49,9 @@ def export_checkpoint(run_dir: str, out: str | None = None, step: int | None = N
     if not done:
         raise ExportError(f"{run.checkpoints}: no complete checkpoint" + (f" at step {step}" if step else ""))
     checkpoint = done[-1]
+    problem = manager.verify(checkpoint)
+    if problem:
+        raise ExportError(f"checkpoint {checkpoint}: {problem}; export an earlier one with --step")
     ref = run.data_ref()
     if ref is None:
         raise ExportError(f"{run.data_file}: missing; is {run.root} a run directory?")

@@ -130,8 +130,12 @@ class MetricsLogger:
     progress (a bar on a terminal, else a plain line every 30 s between records)."""
 
     def __init__(self, run_dir: RunDir, rank: int, total_steps: int, wandb: WandbSink | None = None,
-                 clock: Callable[[], float] = time.perf_counter, stream: IO[str] | None = None):
+                 clock: Callable[[], float] = time.perf_counter, stream: IO[str] | None = None,
+                 wandb_after: int | None = None):
+        """``wandb_after``: the last step wandb has already seen (a resume that went back over steps);
+        wandb's steps must increase, so later records reach it from the step after."""
         self.rank = rank
+        self.wandb_after = wandb_after
         self.total_steps = total_steps
         self.eta = Eta(total_steps, clock=clock)
         self.file = open(run_dir.metrics, "a", encoding="utf-8") if rank == 0 else None
@@ -151,7 +155,7 @@ class MetricsLogger:
         record = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        if self.wandb:
+        if self.wandb and (self.wandb_after is None or step > self.wandb_after):
             self.wandb.log(step, metrics)
         left = self.eta.seconds_left()
         shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())

@@ -60,6 +60,11 @@ def train(cfg: TrainConfig, world: World) -> dict:
     state = checkpoints.load_latest(engine) or {"step": 0, "samples": 0}
     if state["step"]:
         log.info("resumed from step %d", state["step"])
+    went_back = run.supersede_metrics(state["step"]) if world.rank == 0 else None
+    if went_back is not None:
+        log.info("steps %d to %d are trained again: their earlier records moved to %s; wandb keeps its own "
+                 "and gets records from step %d on", state["step"] + 1, went_back, run.metrics_superseded.name,
+                 went_back + 1)
     plan = BatchPlan(len(data), cfg.deepspeed.global_batch_size, cfg.data.micro_batch_size, world.size,
                      world.rank, cfg.data.seed, cfg.data.length_bucketing)
     batches = iter(make_loader(data, plan, state["step"], cfg.data.num_workers, cfg.data.dynamic_masking))
@@ -71,7 +76,7 @@ def train(cfg: TrainConfig, world: World) -> dict:
     if world.rank == 0 and wandb_mode(cfg.logging.wandb) != "disabled":
         sink = WandbSink(run, wandb_mode(cfg.logging.wandb), cfg.logging.wandb_project, cfg.logging.run_name,
                          cfg.model_dump(mode="json"))
-    metrics = MetricsLogger(run, world.rank, cfg.optim.total_steps, sink)
+    metrics = MetricsLogger(run, world.rank, cfg.optim.total_steps, sink, wandb_after=went_back)
     loop = Loop(
         last_step=min(cfg.optim.total_steps, cfg.stop_at_step or cfg.optim.total_steps),
         total_steps=cfg.optim.total_steps,

@@ -6,6 +6,8 @@
   ``data.json``           which dataset the run trains on, and its vocabulary (file, case, fingerprint)
   ``checkpoints/``        ``step_XXXXXXXX/`` DeepSpeed checkpoints (see :mod:`pretrain.checkpoint`)
   ``metrics.jsonl``       one JSON record per logged step or evaluation
+  ``metrics-superseded.jsonl``  records of steps a resume went back over (trained again from an
+                          earlier checkpoint), moved out of ``metrics.jsonl``
   ``curves.png``          ``python -m pretrain plot``
   ``wandb_run_id``, ``wandb/``  the wandb run this run logs to (kept across resumes)
   ``FINISHED``            written when the schedule's last step is done (batch scripts read it
@@ -46,17 +48,44 @@ class RunDir:
     data_file = property(lambda self: self.root / "data.json")
     checkpoints = property(lambda self: self.root / "checkpoints")
     metrics = property(lambda self: self.root / "metrics.jsonl")
+    metrics_superseded = property(lambda self: self.root / "metrics-superseded.jsonl")
     curves = property(lambda self: self.root / "curves.png")
     wandb_id = property(lambda self: self.root / "wandb_run_id")
     finished_file = property(lambda self: self.root / "FINISHED")
     export = property(lambda self: self.root / "export")
 
-    PATHS = ("config", "model_config_file", "data_file", "checkpoints", "metrics", "curves", "wandb_id",
-             "finished_file", "export")
+    PATHS = ("config", "model_config_file", "data_file", "checkpoints", "metrics", "metrics_superseded", "curves",
+             "wandb_id", "finished_file", "export")
 
     def create(self) -> RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         return self
+
+    def supersede_metrics(self, step: int) -> int | None:
+        """Move the records of steps after ``step`` (the step a run resumes from) out of ``metrics.jsonl``
+        into ``metrics-superseded.jsonl``; the last step they reached, or None when there were none."""
+        if not self.metrics.exists():
+            return None
+        keep, moved, last = [], [], None
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                record_step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):  # a record cut short by the end of a process
+                moved.append(line)
+                continue
+            if record_step > step:
+                moved.append(line)
+                last = max(last or record_step, record_step)
+            else:
+                keep.append(line)
+        if not moved:
+            return None
+        with open(self.metrics_superseded, "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in moved))
+        tmp = self.metrics.with_name(self.metrics.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        tmp.replace(self.metrics)
+        return last
 
     def write_config(self, resolved: dict[str, Any]) -> None:
         self.config.write_text(yaml.safe_dump(resolved, sort_keys=False))

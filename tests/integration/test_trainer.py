@@ -97,6 +97,38 @@ def test_sigterm_checkpoints_and_the_run_resumes(dataset, tmp_path):
     assert max(losses(run)) == stopped + 2
 
 
+def logged_steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in map(json.loads, open(run_dir / "metrics.jsonl")) if "loss" in r]
+
+
+def records(path: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, open(path)) if "loss" in r}
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_the_previous_one_resumes_exactly(dataset, tmp_path):
+    run = tmp_path / "run"
+    steps = ("optim.total_steps=6", "checkpoint.every_steps=2", "checkpoint.keep_last=3")
+    train(dataset, run, *steps, "stop_at_step=4")  # checkpoints at steps 2 and 4
+    newest = run / "checkpoints" / "step_00000004"
+    victim = max((p for p in newest.rglob("*.pt")), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:-100])  # truncated
+    proc = train(dataset, run, *steps, "stop_at_step=4")
+    rel = victim.relative_to(newest)
+    assert f"{rel} is " in proc.stderr and "bytes, " in proc.stderr and "set aside" in proc.stderr
+    assert "resumed from step 2" in proc.stderr
+    assert (run / "checkpoints" / "set_aside" / "step_00000004").is_dir()
+    superseded = records(run / "metrics-superseded.jsonl")
+    assert sorted(superseded) == [3, 4] and logged_steps(run) == [1, 2, 3, 4]
+    assert {s: losses(run)[s] for s in (3, 4)} == superseded  # steps 3-4 trained again, exactly as before
+    (newest / rel).unlink()  # the new step 4 loses a file
+    proc = train(dataset, run, *steps)
+    assert f"{rel} is missing" in proc.stderr and "resumed from step 2" in proc.stderr
+    assert (run / "checkpoints" / "set_aside" / "step_00000004-1").is_dir()
+    assert logged_steps(run) == [1, 2, 3, 4, 5, 6]  # metrics.jsonl: each step once, in order
+    assert [p.name for p in sorted((run / "checkpoints").glob("step_*"))] == [
+        "step_00000002", "step_00000004", "step_00000006"]
+
+
 def test_bad_batch_arithmetic_fails_before_any_work(dataset, tmp_path):
     proc = train(dataset, tmp_path / "run", "deepspeed.global_batch_size=12", "data.micro_batch_size=8",
                  check=False)

@@ -66,3 +66,26 @@ def test_no_eta_before_a_steady_step(tmp_path, capsys):
     logger.tick(1)
     logger.log(1, {"loss": 1.0})
     assert "eta" not in capsys.readouterr().err
+
+
+class RecordingSink:
+    """Stands where WandbSink stands; records what would reach wandb."""
+
+    def __init__(self):
+        self.steps = []
+
+    def log(self, step, metrics):
+        self.steps.append(step)
+
+    def close(self):
+        pass
+
+
+def test_after_a_resume_went_back_wandb_gets_only_steps_it_has_not_seen(tmp_path):
+    sink = RecordingSink()
+    m = MetricsLogger(RunDir(tmp_path), rank=0, total_steps=10, wandb=sink, wandb_after=4)
+    for step in (3, 4, 5, 6):
+        m.log(step, {"loss": 1.0})
+    m.close()
+    assert sink.steps == [5, 6]  # wandb's steps stay increasing
+    assert [json.loads(x)["step"] for x in RunDir(tmp_path).metrics.read_text().splitlines()] == [3, 4, 5, 6]

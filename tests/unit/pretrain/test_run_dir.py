@@ -42,3 +42,20 @@ def test_batch_scripts_get_paths_from_the_command_line(tmp_path):
     assert out == str(RunDir(tmp_path).export)
     scripts = "".join(p.read_text() for p in (ROOT / "slurm").iterdir())
     assert "FINISHED" not in scripts and "/export" not in scripts
+
+
+def test_a_resume_moves_the_records_of_the_steps_it_goes_back_over(tmp_path):
+    import json
+
+    from pretrain.run_dir import RunDir
+
+    run = RunDir(tmp_path).create()
+    run.metrics.write_text("".join(json.dumps({"step": s, "loss": float(s)}) + "\n" for s in (1, 2, 3, 4))
+                           + '{"step": 5, "lo')  # the last record cut short
+    assert run.supersede_metrics(4) is None  # no step after 4; the cut record is moved out all the same
+    assert run.metrics_superseded.read_text() == '{"step": 5, "lo\n'
+    run.metrics_superseded.unlink()
+    assert run.supersede_metrics(2) == 4
+    assert [json.loads(x)["step"] for x in run.metrics.read_text().splitlines()] == [1, 2]
+    assert [json.loads(x)["step"] for x in run.metrics_superseded.read_text().splitlines()] == [3, 4]
+    assert run.supersede_metrics(2) is None  # nothing left to move
