@@ -4,10 +4,13 @@ The trainer is handed its collaborators (the engine, the batches, checkpoints,
 evaluation, metrics, the stop signal) and only sequences them; :mod:`pretrain.run`
 builds them from the configuration.
 
-Everything random in a step is a function of (seed, step, rank): the data order
-(:mod:`pretrain.data`) and the dropout masks (the torch generator is re-seeded at
-each step). So a run resumed from a checkpoint repeats exactly the losses of an
-uninterrupted run, and nothing in the loop needs to skip through data.
+Everything random in a step is a function of the seed, the step and the micro-batch's
+place in the global batch, never of the rank: the data order (:mod:`pretrain.data`: rank
+``r`` of ``W`` takes micro-batches ``r*A .. r*A+A-1`` of the step's ``W*A``) and the
+dropout masks (the torch generator is re-seeded for each micro-batch by its place). So a
+run resumed from a checkpoint repeats exactly the losses of an uninterrupted run, the
+same global batch gives the same losses at any world size (up to the order of the
+gradient sums), and nothing in the loop needs to skip through data.
 
 A step's losses and counts stay on the device: they are reduced over ranks and read
 by the host only at logging steps. A NaN or infinite loss is recorded on the device
@@ -85,9 +88,8 @@ class Trainer:
         step = state["step"]
         interval = Interval()
         while step < loop.last_step:
-            torch.manual_seed(mix_int(loop.seed, step, loop.rank) >> 1)  # dropout: a function of the step
             logging_step = (step + 1) % loop.log_every == 0 or step + 1 == loop.last_step
-            sums, tokens, waited = self.train_step(measure_grad_norm=logging_step and self.own_grad_norm)
+            sums, tokens, waited = self.train_step(step, measure_grad_norm=logging_step and self.own_grad_norm)
             step += 1
             self.metrics.tick(step)
             state = {"step": step, "samples": state["samples"] + loop.global_batch}
@@ -107,12 +109,15 @@ class Trainer:
                 break
         return state
 
-    def train_step(self, measure_grad_norm: bool = False) -> tuple[torch.Tensor, int, float]:
-        """One optimizer step over ``accumulation`` micro-batches: this rank's sums (device, see
-        ``SUMS``), its real tokens and its seconds spent waiting for data."""
+    def train_step(self, step: int, measure_grad_norm: bool = False) -> tuple[torch.Tensor, int, float]:
+        """Optimizer step ``step + 1`` over ``accumulation`` micro-batches: this rank's sums (device,
+        see ``SUMS``), its real tokens and its seconds spent waiting for data."""
+        loop = self.loop
         sums = torch.zeros(len(SUMS), dtype=torch.float64, device=self.device)
         tokens, waited = 0, 0.0
-        for _ in range(self.loop.accumulation):
+        for a in range(loop.accumulation):
+            place = loop.rank * loop.accumulation + a  # the micro-batch's place in the global batch
+            torch.manual_seed(mix_int(loop.seed, step, place) >> 1)  # dropout: not a function of the rank
             t = time.perf_counter()
             batch = next(self.batches)
             waited += time.perf_counter() - t
