@@ -93,6 +93,7 @@ def prepare_output(output: str) -> None:
 
 def job_pipeline(cfg: PreprocessConfig, files: list[str], vocab: VocabInfo, opts: PipelineOptions,
                  runner: object | None = None, tokenizer_threads: int | None = None) -> beam.Pipeline:
+    """The job's pipeline, built and not yet run (``runner``: an explicit local runner, else Beam's choice)."""
     p = beam.Pipeline(runner=runner, options=opts) if runner else beam.Pipeline(options=opts)
     build_pipeline(p, cfg, files, vocab, tokenizer_threads)
     return p

@@ -5,9 +5,10 @@ truncates, masks and sorts the rows by key; since buckets are key ranges, a row'
 position is the rows of earlier buckets plus its rank in its own, and shard ``s`` of
 ``S`` takes positions ``[s*N/S, (s+1)*N/S)``. Each bucket learns where it starts
 (:func:`placements`, from every bucket's row count) through a join with its blocks, not
-a side input: Beam's Dask runner recomputes a side input inside each task that reads it. Bucket ``s`` holds nearly the rows of
-shard ``s``: those stay in a file (:class:`ParkedRows`), and only the rows near its ends
-travel through the shuffle to the neighbouring shard's writer.
+a side input: Beam's Dask runner recomputes a side input inside each task that reads it.
+Bucket ``s`` holds nearly the rows of shard ``s``: those stay in a file
+(:class:`ParkedRows`), and only the rows near its ends travel through the shuffle to the
+neighbouring shard's writer.
 """
 
 from __future__ import annotations
