@@ -170,6 +170,17 @@ def load_config(paths: str | list[str], overrides: list[str] | None = None) -> T
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
 
 
+def valid_micro_batches(global_batch: int, world_size: int, wanted: int) -> list[int]:
+    """The micro-batch sizes nearest ``wanted`` (one below, one above) that divide ``global_batch`` over
+    ``world_size`` ranks: what a run moved to another number of ranks can use."""
+    if global_batch % world_size:
+        return []
+    fits = [m for m in range(1, global_batch // world_size + 1) if (global_batch // world_size) % m == 0]
+    below = [m for m in fits if m < wanted]
+    above = [m for m in fits if m > wanted]
+    return ([below[-1]] if below else []) + ([above[0]] if above else [])
+
+
 def check_against(cfg: TrainConfig, data: DatasetInfo, world_size: int, on_gpu: bool = True) -> None:
     """Checks that need the data, the world and the device: batch arithmetic, splits, precision."""
     problems = []
@@ -178,9 +189,12 @@ def check_against(cfg: TrainConfig, data: DatasetInfo, world_size: int, on_gpu: 
                         "use bf16 or fp32 on CPU")
     per_step = cfg.data.micro_batch_size * world_size
     if cfg.deepspeed.global_batch_size % per_step:
+        valid = valid_micro_batches(cfg.deepspeed.global_batch_size, world_size, cfg.data.micro_batch_size)
         problems.append(
             f"deepspeed.global_batch_size {cfg.deepspeed.global_batch_size} is not a multiple of "
             f"data.micro_batch_size x world size = {cfg.data.micro_batch_size} x {world_size}"
+            + (f"; nearest valid data.micro_batch_size at {world_size} ranks: {' or '.join(map(str, valid))}"
+               if valid else f"; no micro-batch size fits {world_size} ranks")
         )
     if cfg.data.train_split not in data.splits:
         problems.append(f"data.train_split {cfg.data.train_split!r}: the dataset has {list(data.splits)}")

@@ -137,7 +137,8 @@ def test_bad_batch_arithmetic_fails_before_any_work(dataset, tmp_path):
     proc = train(dataset, tmp_path / "run", "deepspeed.global_batch_size=12", "data.micro_batch_size=8",
                  check=False)
     assert proc.returncode == 2
-    assert "global_batch_size 12 is not a multiple of data.micro_batch_size x world size = 8 x 1" in proc.stderr
+    assert "global_batch_size 12 is not a multiple of data.micro_batch_size x world size = 8 x 1; nearest valid " \
+        "data.micro_batch_size at 1 ranks: 6 or 12" in proc.stderr
     assert not (tmp_path / "run").exists()
     proc = train(dataset, tmp_path / "run", "optim.lr=-1", "model.size=huge", check=False)
     assert proc.returncode == 2 and "optim.lr" in proc.stderr and "model.size" in proc.stderr

@@ -54,7 +54,19 @@ def test_missing_file_and_bad_override():
 def test_checks_against_data_and_world():
     cfg = load_config("configs/tiny-cpu.yaml")
     check_against(cfg, MANIFEST, world_size=2)
-    with pytest.raises(ConfigError, match="not a multiple"):
+    with pytest.raises(ConfigError, match="not a multiple.*; no micro-batch size fits 3 ranks"):
+        check_against(cfg, MANIFEST, world_size=3)  # global batch 16
+
+
+def test_a_run_moved_to_another_world_size_is_told_the_micro_batches_that_fit():
+    from pretrain.config import valid_micro_batches
+
+    assert valid_micro_batches(256, 8, 64) == [32]  # 256 / 8 ranks = 32 a rank: nothing above 32
+    assert valid_micro_batches(256, 3, 64) == []
+    assert valid_micro_batches(48, 3, 5) == [4, 8]
+    assert valid_micro_batches(12, 1, 8) == [6, 12]
+    cfg = load_config("configs/tiny-cpu.yaml", ["deepspeed.global_batch_size=48", "data.micro_batch_size=5"])
+    with pytest.raises(ConfigError, match="nearest valid data.micro_batch_size at 3 ranks: 4 or 8"):
         check_against(cfg, MANIFEST, world_size=3)
     with pytest.raises(ConfigError, match="has no rows"):
         check_against(cfg, data_with(train=0), world_size=1)
