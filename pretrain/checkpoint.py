@@ -10,9 +10,10 @@ Before a checkpoint is loaded, each listed file is checked: present, of the size
 and of the checksum written. The checksums are computed (at save) and checked (at load)
 with the files shared out among the ranks, each rank reading ``1/world`` of them
 (``zlib.crc32``: 1.6 GB/s on one core of the project's CPU machine, from the page cache; a
-BERT-Large LAMB checkpoint of ~4.7 GB costs ~3 s of one rank, less spread over several). A checkpoint that fails is set aside,
-moved to ``checkpoints/set_aside/`` (never counted by ``keep_last``, never written into
-by a later save), with a warning naming the file, and the previous complete one is used.
+BERT-Large LAMB checkpoint of ~4.7 GB costs ~3 s of one rank, less spread over several). A
+checkpoint that fails is set aside, moved to ``checkpoints/set_aside/`` (never counted by
+``keep_last``, never written into by a later save), with a warning naming the file, and the
+previous complete one is used.
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ class CheckpointManager:
         problem = size_problem(path, listed)
         if problem:
             return problem
-        sums = _across_ranks(sorted(listed), lambda rel: crc32_of(path / rel))
-        bad = [rel for rel in sorted(listed) if sums[rel] != listed[rel]["crc32"]]
+        names = sorted(listed)
+        sums = _across_ranks(names, lambda rel: crc32_of(path / rel))
+        bad = [rel for rel in names if sums[rel] != listed[rel]["crc32"]]
         return f"{bad[0]} does not match its checksum" if bad else None
 
     def set_aside(self, path: Path) -> Path:
@@ -128,6 +130,7 @@ class CheckpointManager:
         while target.exists():
             n += 1
             target = self.root / SET_ASIDE / f"{path.name}-{n}"
+        _barrier()  # every rank has chosen the same name before rank 0 takes it
         if self.rank == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
             path.rename(target)

@@ -85,7 +85,8 @@ class TokenizeDocuments(beam.PTransform):
                  threads: int | None = None, validation_fraction: float = 0.0):
         super().__init__()
         self.args = (spec, max_sentence_tokens, token_dtype, threads, validation_fraction)
+        self.validation_fraction = validation_fraction
 
     def expand(self, batches: beam.PCollection) -> dict[str, beam.PCollection]:
-        splits = ("train", "validation") if self.args[-1] > 0 else ("train",)
+        splits = ("train", "validation") if self.validation_fraction > 0 else ("train",)
         return batches | "Encode" >> beam.ParDo(_TokenizeFn(*self.args)) | ByTag(*splits, STATS)
