@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pretrain.model import BertConfig, build_model
-from pretrain.optim import Lamb, lamb_groups, lr_lambda, parameter_groups
+from pretrain.optim import Lamb, Segments, lr_lambda, parameter_groups
 
 
 def reference_lamb(w, g, m, v, t, lr, b1=0.9, b2=0.999, eps=1e-6, wd=0.01):
@@ -17,7 +17,7 @@ def test_matches_the_per_tensor_formula_over_several_steps():
     torch.manual_seed(0)
     w = torch.randn(7, 5)
     p = torch.nn.Parameter(w.clone())
-    opt = Lamb([{"params": [p], "weight_decay": 0.01, "full_numel": p.numel()}], lr=0.1)
+    opt = Lamb([{"params": [p], "weight_decay": 0.01}], lr=0.1)
     m = torch.zeros_like(w)
     v = torch.zeros_like(w)
     for t in range(1, 5):
@@ -39,14 +39,36 @@ def test_trust_ratio_is_per_tensor():
     assert abs((10.0 - a.data[0].item()) / (0.1 - b.data[0].item()) - 100) < 1e-3
 
 
-def test_groups_one_tensor_each_without_decay_for_bias_and_layernorm():
-    model = build_model(BertConfig.named("tiny", vocab_size=64))
-    groups = lamb_groups(model, 0.01)
-    assert all(len(g["params"]) == 1 and g["full_numel"] == g["params"][0].numel() for g in groups)
-    names = {id(p): n for n, p in model.named_parameters()}
-    for g in groups:
-        name = names[id(g["params"][0])]
-        assert (g["weight_decay"] == 0.0) == (name.endswith("bias") or "LayerNorm" in name)
+def test_segments_cover_a_partition_with_padding_between_pieces():
+    seg = Segments.cover([(2, 3, 0), (5, 2, 1)], 9, pad=7, device=torch.device("cpu"))
+    assert seg.lengths.tolist() == [2, 3, 2, 2] and seg.ids.tolist() == [7, 0, 1, 7]
+    x = torch.arange(9.0)
+    assert seg.sum(x).tolist() == [1.0, 9.0, 11.0, 15.0]
+    assert seg.spread(torch.tensor([0.0, 1.0, 2.0, 3.0])).tolist() == [0, 0, 1, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="overlapping"):
+        Segments.cover([(0, 3, 0), (2, 2, 1)], 9, pad=7, device=torch.device("cpu"))
+
+
+def test_a_flat_partition_steps_as_its_parameters_would_each_with_its_own_ratio():
+    # Two parameters and alignment padding in one flat tensor, as ZeRO lays a group out (here on
+    # one rank; across ranks the per-parameter sums are all-reduced: tests/integration/test_trainer.py)
+    torch.manual_seed(0)
+    a, b = torch.randn(6), torch.randn(4) * 5
+    ga, gb = torch.randn(6), torch.randn(4)
+    whole = [torch.nn.Parameter(a.clone()), torch.nn.Parameter(b.clone())]
+    ref = Lamb([{"params": whole, "weight_decay": 0.01}], lr=0.1)
+    flat = torch.nn.Parameter(torch.cat([a, b, torch.zeros(2)]))
+    opt = Lamb([{"params": [flat], "weight_decay": 0.01}], lr=0.1)
+    opt._segments[flat] = Segments.cover([(0, 6, 0), (6, 4, 1)], 12, pad=2, device=flat.device)
+    opt._parameters = 3
+    for _ in range(3):
+        ga, gb = torch.randn(6), torch.randn(4)
+        whole[0].grad, whole[1].grad = ga, gb
+        flat.grad = torch.cat([ga, gb, torch.zeros(2)])
+        ref.step()
+        opt.step()
+        torch.testing.assert_close(flat.data, torch.cat([whole[0].data, whole[1].data, torch.zeros(2)]))
+    assert opt.state[flat]["exp_avg"].shape == (12,) and set(opt.state[flat]) == {"step", "exp_avg", "exp_avg_sq"}
 
 
 def test_warmup_then_linear_or_polynomial_decay():
