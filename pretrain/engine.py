@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from pretrain.config import TrainConfig
-from pretrain.optim import Lamb, lamb_groups, lr_lambda, parameter_groups
+from pretrain.optim import Lamb, lr_lambda, parameter_groups
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
-def deepspeed_config(cfg: TrainConfig, world_size: int, on_gpu: bool | None = None) -> dict:
-    """DeepSpeed's JSON config for ``cfg`` at ``world_size`` ranks."""
+def deepspeed_config(cfg: TrainConfig, world_size: int, on_gpu: bool | None = None,
+                     load_universal: bool = False) -> dict:
+    """DeepSpeed's JSON config for ``cfg`` at ``world_size`` ranks; ``load_universal``: the engine
+    will load a universal checkpoint (:mod:`pretrain.checkpoint`)."""
     d = cfg.deepspeed
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
     conf: dict = {
@@ -29,6 +31,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, on_gpu: bool | None = No
         "steps_per_print": 10**9,
         "zero_optimization": {"stage": d.zero_stage},
     }
+    if load_universal:
+        conf["checkpoint"] = {"load_universal": True}
     if cfg.optim.name == "adamw":
         conf["optimizer"] = {
             "type": "AdamW",
@@ -49,25 +53,24 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, on_gpu: bool | None = No
     return conf
 
 
-def build_engine(cfg: TrainConfig, model: torch.nn.Module, world_size: int) -> DeepSpeedEngine:
+def build_engine(cfg: TrainConfig, model: torch.nn.Module, world_size: int,
+                 load_universal: bool = False) -> DeepSpeedEngine:
     """``deepspeed.initialize`` with our parameter groups, optimizer and schedule."""
     import deepspeed
 
     o = cfg.optim
-    optimizer = None
-    if o.name == "lamb":
-        groups = lamb_groups(model, o.weight_decay)
-        optimizer = Lamb(groups, lr=o.lr, betas=o.betas, eps=o.eps)
-    else:
-        groups = parameter_groups(model, o.weight_decay)
+    groups = parameter_groups(model, o.weight_decay)
+    optimizer = Lamb(groups, lr=o.lr, betas=o.betas, eps=o.eps) if o.name == "lamb" else None
     schedule = lr_lambda(o.warmup_steps, o.total_steps, o.schedule, o.power)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=groups,
         optimizer=optimizer,
-        config=deepspeed_config(cfg, world_size),
+        config=deepspeed_config(cfg, world_size, load_universal=load_universal),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
     )
+    if optimizer is not None:
+        optimizer.attach(engine.optimizer, model)
     return engine
 
 
