@@ -6,7 +6,7 @@ Builds the trainer's own engine (``pretrain.engine.build_engine``: LAMB, ZeRO-1,
 recipe's precision) on CPU, takes one optimizer step on a random batch so that LAMB's
 moments exist, then times, through ``pretrain.checkpoint.CheckpointManager`` as the
 trainer calls it: ``save`` (DeepSpeed's save, then our file list with sizes and CRC-32)
-and ``load_latest`` (our checks, then DeepSpeed's load). Prints the checkpoint's size,
+and ``find`` + ``load`` (our checks, then DeepSpeed's load). Prints the checkpoint's size,
 both times, and the CRC-32 share of each (timed separately on the same files).
 """
 
@@ -32,7 +32,7 @@ def main() -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29517"), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
 
-    from pretrain.checkpoint import CheckpointManager, crc32_of, files_of
+    from pretrain.checkpoint import CheckpointManager, Shape, crc32_of, files_of
     from pretrain.config import load_config
     from pretrain.distributed import World, init_distributed
     from pretrain.engine import build_engine
@@ -56,7 +56,7 @@ def main() -> None:
     engine.step()
 
     root = Path(args.dir or tempfile.mkdtemp(prefix="bench-checkpoint-")) / "checkpoints"
-    manager = CheckpointManager(root, keep_last=1, rank=0)
+    manager = CheckpointManager(root, keep_last=1, rank=0, shape=Shape(1, 1))
     t = time.perf_counter()
     path = manager.save(engine, {"step": 1, "samples": 1})
     save_s = time.perf_counter() - t
@@ -67,7 +67,8 @@ def main() -> None:
         crc32_of(path / f)
     crc_s = time.perf_counter() - t
     t = time.perf_counter()
-    state = manager.load_latest(engine)
+    resume = manager.find()
+    state = manager.load(engine, resume) if resume else None
     load_s = time.perf_counter() - t
     assert state is not None and state["step"] == 1
     result = {"size": args.size, "parameters": params, "precision": args.precision, "files": len(files),

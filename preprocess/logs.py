@@ -10,6 +10,8 @@ DeepSpeed are imported, since some of them log while importing). Unless ``verbos
   Cloud clients we do not use) is dropped by a filter matching its source file;
 * specific deprecation warnings raised inside DeepSpeed's and torch's own calls are
   ignored by message and category;
+* specific warnings DeepSpeed logs about choices the project made on purpose
+  (:data:`DROPPED_RECORDS`) are dropped by a filter on its logger;
 
 Beam's worker processes get the same level through :data:`BEAM_WORKER_OPTIONS`.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 
 QUIET_LOGGERS = {
@@ -35,6 +38,12 @@ IGNORED_WARNINGS = [  # (message regex, category)
     (r".*pkg_resources is deprecated", UserWarning),  # imported by Beam's workers' dependencies
     (r".*`torch.cuda.amp.* is deprecated", FutureWarning),
 ]
+DROPPED_RECORDS = {  # logger: message regexes of warnings about what the project chose on purpose
+    "DeepSpeed": [
+        r".*ZeRO with an untested optimizer",  # our LAMB, ZeRO-aware (pretrain.optim)
+        r"MPU is not provided",  # loading a universal checkpoint without tensor parallelism
+    ],
+}
 # Passed to Beam's local worker processes (their own logging is set from pipeline options).
 BEAM_WORKER_OPTIONS = ["--default_sdk_harness_log_level=WARNING"]
 
@@ -44,6 +53,16 @@ class _BeamImportNotice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.name == "root" and f"apache_beam{os.sep}io{os.sep}gcp" in record.pathname)
+
+
+class _Dropped(logging.Filter):
+    def __init__(self, patterns: list[str]):
+        super().__init__()
+        self.patterns = [re.compile(p) for p in patterns]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(p.match(message) for p in self.patterns)
 
 
 def drop_beam_import_notice() -> None:
@@ -71,6 +90,8 @@ def setup(verbose: bool = False) -> None:
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     drop_beam_import_notice()
+    for name, patterns in DROPPED_RECORDS.items():
+        logging.getLogger(name).addFilter(_Dropped(patterns))
     for message, category in IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:pkg_resources")  # Beam's worker processes

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.setup(args.verbose)
     from preprocess.dataset import DatasetError
+    from pretrain.checkpoint import CheckpointError
     from pretrain.config import ConfigError, load_config
 
     try:
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         from pretrain.run import train
 
         state = train(cfg, world_from_env())
-    except (ConfigError, DatasetError) as e:
+    except (ConfigError, DatasetError, CheckpointError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     if state["finished"]:

@@ -16,7 +16,7 @@ import torch
 from preprocess.dataset import DatasetInfo
 from preprocess.reader import PretrainingDataset
 from preprocess.rng import mix_int
-from pretrain.checkpoint import CheckpointManager
+from pretrain.checkpoint import CheckpointManager, Shape
 from pretrain.config import ConfigError, TrainConfig, check_against, resolved
 from pretrain.data import BatchPlan, make_loader
 from pretrain.distributed import StopSignal, World, init_distributed
@@ -55,11 +55,15 @@ def train(cfg: TrainConfig, world: World) -> dict:
         run.write_model_config(model.config)
         run.write_data_ref(DataRef(cfg.data.path, info.vocab_file, info.lower_case, info.vocab_fingerprint))
 
-    engine = build_engine(cfg, model, world.size)
-    checkpoints = CheckpointManager(run.checkpoints, cfg.checkpoint.keep_last, world.rank)
-    state = checkpoints.load_latest(engine) or {"step": 0, "samples": 0}
-    if state["step"]:
-        log.info("resumed from step %d", state["step"])
+    checkpoints = CheckpointManager(run.checkpoints, cfg.checkpoint.keep_last, world.rank,
+                                    Shape(world.size, cfg.deepspeed.zero_stage))
+    resume = checkpoints.find()
+    engine = build_engine(cfg, model, world.size, load_universal=resume is not None and resume.universal)
+    state = {"step": 0, "samples": 0}
+    if resume is not None:
+        state = checkpoints.load(engine, resume)
+        log.info("resumed from step %d%s", state["step"],
+                 f" (written by {resume.written_by}, loaded as universal)" if resume.universal else "")
     went_back = run.supersede_metrics(state["step"]) if world.rank == 0 else None
     if went_back is not None:
         log.info("steps %d to %d are trained again: their earlier records moved to %s; wandb keeps its own "

@@ -69,6 +69,67 @@ def test_resume_repeats_the_uninterrupted_losses_exactly(dataset, tmp_path, stag
     assert straight[6] < straight[1]
 
 
+# Shape changes through DeepSpeed's universal checkpoints: fewer ranks (ZeRO-2 -> 1), more ranks onto
+# ZeRO-3 (ZeRO-1/2 and ZeRO-3 store the optimizer state differently), and ZeRO-3 back to ZeRO-2 on
+# more ranks (LAMB's pieces at ZeRO-2 on 2 ranks). Weight decay high enough to tell groups apart.
+SHAPE_COMMON = ("optim.total_steps=6", "checkpoint.every_steps=3", "optim.weight_decay=0.5", "optim.lr=0.01",
+                "eval.every_steps=0")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset, tmp_path_factory):
+    """Losses of an uninterrupted run on 1 rank at ZeRO-1, per optimizer (the same at any world size
+    and stage: see the world-size test)."""
+    cache: dict[str, dict[int, float]] = {}
+
+    def get(optimizer: str) -> dict[int, float]:
+        if optimizer not in cache:
+            run = tmp_path_factory.mktemp(f"straight-{optimizer}")
+            train(dataset, run, *SHAPE_COMMON, f"optim.name={optimizer}", "deepspeed.zero_stage=1")
+            cache[optimizer] = losses(run)
+        return cache[optimizer]
+
+    return get
+
+
+@pytest.mark.parametrize("optimizer,before,after", [("lamb", (2, 2), (1, 1)), ("adamw", (1, 1), (2, 3)),
+                                                    ("lamb", (1, 3), (2, 2))])
+def test_a_checkpoint_resumes_at_another_world_size_and_zero_stage_with_the_same_losses(
+        dataset, tmp_path, uninterrupted, optimizer, before, after):
+    run = tmp_path / "run"
+    (ranks, stage), (new_ranks, new_stage) = before, after
+    train(dataset, run, *SHAPE_COMMON, f"optim.name={optimizer}", f"deepspeed.zero_stage={stage}", "stop_at_step=3",
+          ranks=ranks)
+    proc = train(dataset, run, *SHAPE_COMMON, f"optim.name={optimizer}", f"deepspeed.zero_stage={new_stage}",
+                 ranks=new_ranks)
+    rank_s = lambda n: f"{n} rank{'s' if n > 1 else ''}"  # noqa: E731
+    assert (f"written by {rank_s(ranks)} at ZeRO-{stage}; this run is {rank_s(new_ranks)} at ZeRO-{new_stage}: "
+            "converting it to DeepSpeed's universal format") in proc.stderr
+    assert "resumed from step 3" in proc.stderr
+    assert (run / "checkpoints" / "step_00000003" / "universal" / "zero").is_dir()
+    marker = json.loads((run / "checkpoints" / "step_00000006" / "COMPLETE").read_text())
+    assert marker["shape"] == {"world_size": new_ranks, "zero_stage": new_stage}
+    straight, resumed = uninterrupted(optimizer), losses(run)
+    assert sorted(resumed) == list(range(1, 7))
+    for step in straight:
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5), step
+    assert straight[6] < straight[1]
+
+
+def test_a_zero_0_checkpoint_resumes_at_any_world_size_and_no_other_stage(dataset, tmp_path):
+    run = tmp_path / "run"
+    common = ("optim.total_steps=4", "checkpoint.every_steps=2", "eval.every_steps=0")
+    train(dataset, run, *common, "deepspeed.zero_stage=0", "stop_at_step=2", ranks=2)
+    proc = train(dataset, run, *common, "deepspeed.zero_stage=1", "stop_at_step=3", check=False)
+    assert proc.returncode != 0
+    assert "was written at ZeRO-0; this run is at ZeRO-1" in proc.stderr
+    assert "Resume with deepspeed.zero_stage=0 (at any world size)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = train(dataset, run, *common, "deepspeed.zero_stage=0")
+    assert "ZeRO-0 holds the whole optimizer state on every rank" in proc.stderr
+    assert "resumed from step 2" in proc.stderr and sorted(losses(run)) == [1, 2, 3, 4]
+
+
 def test_world_sizes_1_2_and_3_at_the_same_global_batch_give_the_same_losses(dataset, tmp_path):
     # dropout on: its masks are keyed by the micro-batch's place in the global batch, not by the rank
     common = ("optim.total_steps=4", "deepspeed.global_batch_size=48", "data.micro_batch_size=8")
