@@ -169,16 +169,26 @@ def submit_pretrain(slurm, dataset, run_dir: Path, *extra) -> str:
                   PYTHON=sys.executable, PYTHONPATH=str(ROOT))
 
 
-def test_preempted_pretraining_job_resumes_from_its_checkpoint_and_finishes(slurm, dataset, tmp_path):
+def test_preempted_pretraining_job_resumes_from_its_checkpoint_on_fewer_nodes_and_finishes(slurm, dataset, tmp_path):
     run = tmp_path / "run"
     job_id = submit_pretrain(slurm, dataset, run)
     wait_for_steps(run, 3)
-    subprocess.run(["scontrol", "requeue", job_id], env=slurm, check=True)  # what preemption does
+    # what preemption does (requeue), held so that the pending job can be shrunk before it restarts: the
+    # cluster has room for half of it now, and it comes back on one node (ZeRO-2, 2 ranks -> 1)
+    subprocess.run(["scontrol", "requeuehold", job_id], env=slurm, check=True)
+    deadline = time.time() + 120
+    while job(slurm, job_id).get("JobState") != "PENDING" and time.time() < deadline:  # the old run ends
+        time.sleep(0.5)
+    # (the task count too: Slurm keeps a job's nodes >= tasks / tasks-per-node)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "NumNodes=1", "NumTasks=1"], env=slurm, check=True)
+    subprocess.run(["scontrol", "release", job_id], env=slurm, check=True)
     info = wait_for(slurm, job_id)
     assert info["Restarts"] == "1"
     log = log_of(job_id)
-    assert "2 tasks on nodeA,nodeB" in log
+    assert "2 tasks on nodeA,nodeB" in log and "(restart 1): 1 tasks on node" in log
     stopped = int(log.split("checkpointed at step ")[1].split(",")[0])
+    assert (f"step_{stopped:08d} was written by 2 ranks at ZeRO-2; this run is 1 rank at ZeRO-2: converting it to "
+            "DeepSpeed's universal format") in log
     assert f"resumed from step {stopped}" in log and "finished at step 150" in log
     assert RunDir(run).finished()["step"] == 150
 
