@@ -84,7 +84,7 @@ class LoggingSection(_Section):
 
 class EvalSection(_Section):
     every_steps: int = Field(0, ge=0, description="0: no evaluation")
-    max_batches: int = Field(50, ge=1, description="micro-batches per rank per evaluation")
+    max_sequences: int = Field(10_000, ge=1, description="validation sequences per evaluation, at any world size")
 
 
 class TrainConfig(_Section):

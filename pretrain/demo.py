@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "optim": {"lr": 2e-3, "warmup_steps": max(1, args.steps // 10), "total_steps": args.steps},
         "deepspeed": {"zero_stage": 0, "global_batch_size": 64},
         "checkpoint": {"every_steps": args.steps, "keep_last": 1},
-        "eval": {"every_steps": max(1, args.steps // 5), "max_batches": 20},
+        "eval": {"every_steps": max(1, args.steps // 5), "max_sequences": 1280},
         "logging": {"every_steps": max(1, args.steps // 5), "wandb": "disabled"},
     })
     train(cfg, world_from_env())

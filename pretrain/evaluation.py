@@ -1,8 +1,9 @@
 """Evaluation on the validation split: MLM loss and accuracy, NSP accuracy.
 
-Rows are read in order, each rank taking every W-th micro-batch, up to
-``eval.max_batches`` per rank; sums are reduced over ranks, so the figures are
-those of the whole evaluated set.
+The first ``eval.max_sequences`` rows of the split are evaluated, the same rows at any world
+size: cut into micro-batches, each rank taking every W-th. Every rank runs the same number of
+forward passes (ZeRO-3 gathers parameters in each: a rank short of a micro-batch runs one with
+weight 0); sums are reduced over ranks, so the figures are those of the whole evaluated set.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
 class Evaluator:
-    def __init__(self, data: PretrainingDataset, micro_batch: int, max_batches: int, rank: int, world: int):
+    def __init__(self, data: PretrainingDataset, micro_batch: int, max_sequences: int, rank: int, world: int):
         """``data``: the evaluated split; rank ``rank`` of ``world`` reads every ``world``-th micro-batch."""
-        total = min(len(data) // micro_batch, max_batches * world)
-        batches = [list(range(b * micro_batch, (b + 1) * micro_batch)) for b in range(rank, total, world)]
-        data.rows([i for b in batches for i in b])  # verified before the first evaluation, not during it
+        n = min(len(data), max_sequences)
+        every = [list(range(s, min(s + micro_batch, n))) for s in range(0, n, micro_batch)]
+        mine = every[rank::world]
+        each = -(-len(every) // world)  # micro-batches per rank
+        self.weights = [1.0] * len(mine) + [0.0] * (each - len(mine))
+        mine += every[:1] * (each - len(mine))
+        data.rows([i for b in mine for i in b])  # verified before the first evaluation, not during it
         self.loader = DataLoader(
-            RowDataset(data), batch_sampler=batches,
+            RowDataset(data), batch_sampler=mine,
             collate_fn=collator_for(data),
         )
 
@@ -35,13 +40,13 @@ class Evaluator:
         """Evaluate ``engine``'s model; sums stay on its device and are read once."""
         engine.eval()
         sums = torch.zeros(5, dtype=torch.float64, device=engine.device)  # mlm loss x n, mlm ok, mlm n, nsp ok, nsp n
-        for batch in self.loader:
+        for weight, batch in zip(self.weights, self.loader, strict=True):
             batch.pop("real_tokens")
             batch = {k: (v.to(engine.device, non_blocking=True) if v is not None else None) for k, v in batch.items()}
             out = engine(**batch)
             n = out.mlm_total.double()
-            sums += torch.stack([out.mlm_loss.double() * n, out.mlm_correct.double(), n, out.nsp_correct.double(),
-                                 out.nsp_total.double()])
+            sums += weight * torch.stack([out.mlm_loss.double() * n, out.mlm_correct.double(), n,
+                                          out.nsp_correct.double(), out.nsp_total.double()])
         dist.all_reduce(sums)
         engine.train()
         loss, mlm_ok, mlm_n, nsp_ok, nsp_n = sums.tolist()

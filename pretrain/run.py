@@ -75,7 +75,7 @@ def train(cfg: TrainConfig, world: World) -> dict:
     evaluator = None
     if cfg.eval.every_steps:
         held_out = PretrainingDataset(cfg.data.path, cfg.data.eval_split, expect_vocab_fingerprint=info.vocab_fingerprint)
-        evaluator = Evaluator(held_out, cfg.data.micro_batch_size, cfg.eval.max_batches, world.rank, world.size)
+        evaluator = Evaluator(held_out, cfg.data.micro_batch_size, cfg.eval.max_sequences, world.rank, world.size)
     sink = None
     if world.rank == 0 and wandb_mode(cfg.logging.wandb) != "disabled":
         sink = WandbSink(run, wandb_mode(cfg.logging.wandb), cfg.logging.wandb_project, cfg.logging.run_name,

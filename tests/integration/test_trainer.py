@@ -132,15 +132,25 @@ def test_a_zero_0_checkpoint_resumes_at_any_world_size_and_no_other_stage(datase
 
 def test_world_sizes_1_2_and_3_at_the_same_global_batch_give_the_same_losses(dataset, tmp_path):
     # dropout on: its masks are keyed by the micro-batch's place in the global batch, not by the rank
-    common = ("optim.total_steps=4", "deepspeed.global_batch_size=48", "data.micro_batch_size=8")
+    # evaluation too: the same 60 rows (8 micro-batches, the last of 4) at any world size
+    common = ("optim.total_steps=4", "deepspeed.global_batch_size=48", "data.micro_batch_size=8",
+              "eval.every_steps=4", "eval.max_sequences=60")
     for ranks in (1, 2, 3):  # 6, 3 and 2 micro-batches accumulated per rank
         train(dataset, tmp_path / f"world{ranks}", *common, ranks=ranks)
     one = losses(tmp_path / "world1")
     assert sorted(one) == [1, 2, 3, 4]
+    evaluated = evaluation(tmp_path / "world1")
+    assert set(evaluated) == {"eval_mlm_loss", "eval_mlm_accuracy", "eval_nsp_accuracy"}
     for ranks in (2, 3):
         other = losses(tmp_path / f"world{ranks}")
         for step in one:
             assert other[step] == pytest.approx(one[step], rel=1e-5), (ranks, step)
+        assert evaluation(tmp_path / f"world{ranks}") == pytest.approx(evaluated, rel=1e-5), ranks
+
+
+def evaluation(run_dir) -> dict[str, float]:
+    records = [r for r in map(json.loads, open(Path(run_dir) / "metrics.jsonl")) if "eval_mlm_loss" in r]
+    return {k: v for k, v in records[-1].items() if k.startswith("eval_")}
 
 
 def test_sigterm_checkpoints_and_the_run_resumes(dataset, tmp_path):
