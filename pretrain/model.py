@@ -257,8 +257,9 @@ class BertForPreTraining(nn.Module):
         input_ids, token_type_ids, attention_mask: (B, S). masked_lm_positions and
         masked_lm_labels: (B, P), padded with position 0 and label -100 (the
         preprocess shards' columns, padded per batch). next_sentence_label: (B,),
-        0 = IsNext, 1 = random. The MLM head runs on the (at most B x P) real masked
-        rows only; without positions it runs on every position (for inspection).
+        0 = IsNext, 1 = random. The MLM head runs on the B x P prediction slots (the
+        loss and counts over the real ones); without positions it runs on every position
+        (for inspection).
         """
         hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask)
         nsp_logits = self.cls.seq_relationship(pooled)
@@ -266,20 +267,20 @@ class BertForPreTraining(nn.Module):
             mlm_logits = self.cls.predictions(hidden)  # (B, S, V)
             return PreTrainingOutput(None, None, None, mlm_logits, nsp_logits, last_hidden_state=hidden)
 
+        # Every (B x P) prediction slot, padding included (position 0, label -100, ignored by the loss and
+        # the counts): static shapes, no boolean mask, so no host synchronisation.
         b, p = masked_lm_positions.shape
-        labels = masked_lm_labels.reshape(-1) if masked_lm_labels is not None else None
         flat = (masked_lm_positions + torch.arange(b, device=hidden.device)[:, None] * hidden.shape[1]).reshape(-1)
-        if labels is not None:
-            keep = labels != IGNORE_INDEX
-            flat, labels = flat[keep], labels[keep]
-        rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat)  # (N, H)
-        mlm_logits = self.cls.predictions(rows)  # (N, V)
+        rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat)  # (B * P, H)
+        mlm_logits = self.cls.predictions(rows)  # (B * P, V)
 
         out = PreTrainingOutput(None, None, None, mlm_logits, nsp_logits, last_hidden_state=hidden)
-        if labels is not None:
-            out.mlm_loss = F.cross_entropy(mlm_logits.float(), labels)
-            out.mlm_correct = (mlm_logits.argmax(-1) == labels).sum()
-            out.mlm_total = torch.tensor(labels.numel(), device=labels.device)
+        if masked_lm_labels is not None:
+            labels = masked_lm_labels.reshape(-1)
+            real = labels != IGNORE_INDEX
+            out.mlm_loss = F.cross_entropy(mlm_logits.float(), labels, ignore_index=IGNORE_INDEX)
+            out.mlm_correct = ((mlm_logits.argmax(-1) == labels) & real).sum()
+            out.mlm_total = real.sum()
             out.loss = out.mlm_loss
         if next_sentence_label is not None:
             out.nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label)

@@ -77,7 +77,8 @@ def test_outputs_losses_and_gradients_match_transformers():
     torch.testing.assert_close(out.nsp_logits, ref.seq_relationship_logits, rtol=1e-5, atol=1e-5)
     keep = labels != -100
     rows = torch.arange(ids.shape[0])[:, None].expand_as(positions)[keep]
-    torch.testing.assert_close(out.mlm_logits, ref.prediction_logits[rows, positions[keep]], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.mlm_logits[keep.reshape(-1)], ref.prediction_logits[rows, positions[keep]],
+                               rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.loss, ref.loss, rtol=1e-5, atol=1e-6)
     out.loss.backward()
     ref.loss.backward()
@@ -88,14 +89,14 @@ def test_outputs_losses_and_gradients_match_transformers():
     assert out.nsp_total.item() == 4
 
 
-def test_sparse_head_equals_dense_head_on_masked_rows():
+def test_sparse_head_equals_dense_head_on_every_prediction_slot():
     model = build_model(BertConfig(**CFG)).eval()
     ids, types, mask, positions, labels, nsp = batch()
     sparse = model(ids, types, mask, positions, labels, nsp).mlm_logits
     dense = model(ids, types, mask).mlm_logits  # (B, S, V)
-    keep = labels != -100
-    rows = torch.arange(ids.shape[0])[:, None].expand_as(positions)[keep]
-    torch.testing.assert_close(sparse, dense[rows, positions[keep]])
+    rows = torch.arange(ids.shape[0])[:, None].expand_as(positions)
+    assert sparse.shape == (positions.numel(), dense.shape[-1])  # static: B x P slots, padding included
+    torch.testing.assert_close(sparse, dense[rows, positions].reshape(sparse.shape))
 
 
 @pytest.mark.parametrize("every", [1, 2])
