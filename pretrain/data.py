@@ -152,7 +152,7 @@ class Collator:
         self.max_predictions = max_predictions
         self.remasker = remasker
 
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor | None]:
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor | int | None]:
         if self.remasker is not None:
             rows = self.remasker(rows)
         b = len(rows)
@@ -178,7 +178,7 @@ class Collator:
             "masked_lm_positions": torch.from_numpy(positions),
             "masked_lm_labels": torch.from_numpy(labels),
             "next_sentence_label": torch.tensor([r["next_sentence_label"] for r in rows], dtype=torch.long),
-            "real_tokens": torch.tensor(sum(lengths)),
+            "real_tokens": sum(lengths),  # an int: counting tokens never touches a tensor
         }
 
 
@@ -188,9 +188,11 @@ def collator_for(data: PretrainingDataset, remasker: Remasker | None = None) -> 
 
 
 def make_loader(
-    data: PretrainingDataset, plan: BatchPlan, start_step: int, num_workers: int, dynamic_masking: bool = False
+    data: PretrainingDataset, plan: BatchPlan, start_step: int, num_workers: int, dynamic_masking: bool = False,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """The rank's micro-batches from global step ``start_step`` on (see :class:`StepSampler`)."""
+    """The rank's micro-batches from global step ``start_step`` on (see :class:`StepSampler`);
+    ``pin_memory`` (on GPU): batches in page-locked memory, so their copies to the device do not block."""
     remasker = Remasker(data.info.tokens(), data.info.masking, plan.seed) if dynamic_masking else None
     lengths = data.lengths() if plan.bucket_window else None
     return DataLoader(
@@ -200,4 +202,5 @@ def make_loader(
         num_workers=num_workers,
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
+        pin_memory=pin_memory,
     )

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
 class Evaluator:
-    def __init__(self, data: PretrainingDataset, micro_batch: int, max_sequences: int, rank: int, world: int):
+    def __init__(self, data: PretrainingDataset, micro_batch: int, max_sequences: int, rank: int, world: int,
+                 pin_memory: bool = False):
         """``data``: the evaluated split; rank ``rank`` of ``world`` reads every ``world``-th micro-batch."""
         n = min(len(data), max_sequences)
         every = [list(range(s, min(s + micro_batch, n))) for s in range(0, n, micro_batch)]
@@ -32,7 +33,7 @@ class Evaluator:
         data.rows([i for b in mine for i in b])  # verified before the first evaluation, not during it
         self.loader = DataLoader(
             RowDataset(data), batch_sampler=mine,
-            collate_fn=collator_for(data),
+            collate_fn=collator_for(data), pin_memory=pin_memory,
         )
 
     @torch.no_grad()

@@ -71,11 +71,13 @@ def train(cfg: TrainConfig, world: World) -> dict:
                  went_back + 1)
     plan = BatchPlan(len(data), cfg.deepspeed.global_batch_size, cfg.data.micro_batch_size, world.size,
                      world.rank, cfg.data.seed, cfg.data.length_bucketing)
-    batches = iter(make_loader(data, plan, state["step"], cfg.data.num_workers, cfg.data.dynamic_masking))
+    pinned = torch.device(engine.device).type == "cuda"  # batches copied to the GPU without blocking
+    batches = iter(make_loader(data, plan, state["step"], cfg.data.num_workers, cfg.data.dynamic_masking, pinned))
     evaluator = None
     if cfg.eval.every_steps:
         held_out = PretrainingDataset(cfg.data.path, cfg.data.eval_split, expect_vocab_fingerprint=info.vocab_fingerprint)
-        evaluator = Evaluator(held_out, cfg.data.micro_batch_size, cfg.eval.max_sequences, world.rank, world.size)
+        evaluator = Evaluator(held_out, cfg.data.micro_batch_size, cfg.eval.max_sequences, world.rank, world.size,
+                              pinned)
     sink = None
     if world.rank == 0 and wandb_mode(cfg.logging.wandb) != "disabled":
         sink = WandbSink(run, wandb_mode(cfg.logging.wandb), cfg.logging.wandb_project, cfg.logging.run_name,

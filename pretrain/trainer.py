@@ -13,7 +13,8 @@ same global batch gives the same losses at any world size (up to the order of th
 gradient sums), and nothing in the loop needs to skip through data.
 
 A step's losses and counts stay on the device: they are reduced over ranks and read
-by the host only at logging steps. A NaN or infinite loss is recorded on the device
+by the host only at logging steps. A stop signal (SIGTERM, SIGUSR1) is agreed on by the ranks
+every ``STOP_CHECK_EVERY`` steps, so it is honoured within that many steps. A NaN or infinite loss is recorded on the device
 with its step and reported (:class:`NonFiniteLoss`) at the next logging step or
 before the next checkpoint, whichever comes first, so no checkpoint holds it.
 """
@@ -43,6 +44,8 @@ log = logging.getLogger("pretrain")
 
 # The sums a step keeps per rank, in this order (device tensor, float64).
 SUMS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_total", "nsp_correct", "nsp_total")
+# A stop signal is agreed on (a collective and a host read) every this many steps, not every step.
+STOP_CHECK_EVERY = 10
 _NO_BAD_STEP = 2.0**52  # the non-finite tracker holds _NO_BAD_STEP - step, so a MAX over ranks finds the first
 
 
@@ -100,7 +103,7 @@ class Trainer:
                 interval = Interval()
             if self.evaluator and (step % loop.eval_every == 0 or step == loop.last_step):
                 self.metrics.log(step, self.evaluator.run(self.engine))
-            stopping = self.stop.agreed()
+            stopping = step % STOP_CHECK_EVERY == 0 and self.stop.agreed()
             if step % loop.checkpoint_every == 0 or step == loop.last_step or stopping:
                 self.check_finite()
                 self.checkpoints.save(self.engine, state)
@@ -121,7 +124,7 @@ class Trainer:
             t = time.perf_counter()
             batch = next(self.batches)
             waited += time.perf_counter() - t
-            tokens += int(batch.pop("real_tokens"))  # a host tensor made by the collator: no device sync
+            tokens += batch.pop("real_tokens")  # an int made by the collator
             sums += self.forward_backward(batch, measure_grad_norm)
         return sums, tokens, waited
 

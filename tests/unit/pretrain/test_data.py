@@ -56,7 +56,7 @@ def test_collator_pads_and_omits_the_mask_when_nothing_is_padded():
     assert batch["masked_lm_positions"].tolist() == [[1, 4, 0], [2, 0, 0]]
     assert batch["masked_lm_labels"].tolist() == [[7, 8, -100], [9, -100, -100]]
     assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 1, 1, 1]
-    assert batch["next_sentence_label"].tolist() == [0, 1] and int(batch["real_tokens"]) == 10
+    assert batch["next_sentence_label"].tolist() == [0, 1] and batch["real_tokens"] == 10
     same = c([row(5, 2, [1], [3], 0), row(5, 3, [2], [4], 0)])
     assert same["attention_mask"] is None and same["input_ids"].dtype == torch.long
 
