@@ -16,16 +16,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_runs_the_whole_pipeline(tmp_path):
     pytest.importorskip("transformers")
-    proc = subprocess.run([sys.executable, "-m", "pretrain.demo", "--output", str(tmp_path / "demo"), "--steps", "300"],
+    proc = subprocess.run([sys.executable, "-m", "pretrain.demo", "--output", str(tmp_path / "demo"), "--steps", "150"],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     line = next(x for x in out.splitlines() if x.startswith("loss "))
     first, last = (float(v) for v in line.split(";")[0].removeprefix("loss ").split(" -> "))
-    # visibly falling loss (by 1.0 to 1.5 over runs: the vocabulary the demo trains differs from run to run,
-    # see preprocess/vocab.py)
-    assert last < first - 0.7
+    accuracy = [float(v) for v in re.findall(r"(\d+\.\d)%", line.split("held-out MLM accuracy ")[1])[:2]]
+    # visibly learning in 150 steps (measured: loss 6.75 -> 6.03, held-out MLM accuracy 5.2% -> 12.7%; the
+    # vocabulary the demo trains differs from run to run, see preprocess/vocab.py)
+    assert last < first - 0.3, line
+    assert accuracy[1] > accuracy[0] + 3, line
     assert "Return a new [MASK] object." in out
     held_out = [x.split("] -> ") for x in out.splitlines() if x.lstrip().startswith("[") and "] -> " in x]
     guesses = [re.findall(r"(\S+) (\d\.\d\d)(?:, |$)", g) for _, g in held_out]  # "token 0.12, ..."

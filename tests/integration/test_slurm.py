@@ -157,7 +157,10 @@ def wait_for_steps(run_dir: Path, n: int, timeout=300) -> None:
     raise AssertionError(f"{metrics}: fewer than {n} records after {timeout} s")
 
 
-def pretrain_args(dataset, steps=150):
+STEPS = 80  # the jobs are interrupted after step 30 (3 log records); the stop signal is agreed on every 10 steps
+
+
+def pretrain_args(dataset, steps=STEPS):
     return (f"data.path={dataset}", f"optim.total_steps={steps}", "optim.warmup_steps=10", "logging.every_steps=10",
             "checkpoint.every_steps=1000", "logging.wandb=disabled", "eval.every_steps=0", "data.num_workers=0")
 
@@ -189,8 +192,8 @@ def test_preempted_pretraining_job_resumes_from_its_checkpoint_on_fewer_nodes_an
     stopped = int(log.split("checkpointed at step ")[1].split(",")[0])
     assert (f"step_{stopped:08d} was written by 2 ranks at ZeRO-2; this run is 1 rank at ZeRO-2: converting it to "
             "DeepSpeed's universal format") in log
-    assert f"resumed from step {stopped}" in log and "finished at step 150" in log
-    assert RunDir(run).finished()["step"] == 150
+    assert f"resumed from step {stopped}" in log and f"finished at step {STEPS}" in log
+    assert RunDir(run).finished()["step"] == STEPS
 
 
 def test_time_limit_signal_checkpoints_and_the_job_requeues_itself(slurm, dataset, tmp_path):
@@ -201,7 +204,7 @@ def test_time_limit_signal_checkpoints_and_the_job_requeues_itself(slurm, datase
     info = wait_for(slurm, job_id)
     log = log_of(job_id)
     assert "signal 10: checkpointed at step" in log and "requeueing job" in log
-    assert info["Restarts"] == "1" and "finished at step 150" in log
+    assert info["Restarts"] == "1" and f"finished at step {STEPS}" in log
 
 
 def test_preprocessing_batch_job(slurm, corpus_dir, vocab_file, tmp_path):
