@@ -10,7 +10,8 @@ checkpointing (with its check for a non-finite loss) and the stop-signal check (
 ``STOP_CHECK_EVERY`` steps) are left out: they read the host on purpose. Each call is put down to the innermost frame of the project
 (``pretrain/``, ``preprocess/``), else of DeepSpeed, else "other" (torch itself). On CPU nothing
 waits, but the same calls would on a GPU: the count is what matters. Prints JSON: the steps
-counted, the calls per step by source, each call site, and how often the stop signal was checked.
+counted, the calls per step by source, each call site, and how often the stop signal was checked;
+on a GPU also every warning of ``torch.cuda.set_sync_debug_mode("warn")``, by caller.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+import warnings
 from collections import Counter
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -110,9 +112,12 @@ def run(argv: list[str]) -> dict:
 
     wrapped = {(Trainer, "train"): 1, (Trainer, "train_step"): 0, (Trainer, "log"): -1, (Evaluator, "run"): -1,
                (CheckpointManager, "save"): -1, (Trainer, "check_finite"): -1, (StopSignal, "agreed"): -1}
+    cuda_syncs: Counter[str] = Counter()
     with ExitStack() as stack:
         for (cls, name), counting in wrapped.items():
             stack.enter_context(patch.object(cls, name, wrap(getattr(cls, name), counting, name)))
+        if torch.cuda.is_available():
+            stack.enter_context(cuda_sync_warnings(counter, cuda_syncs))
         with counter:
             train(cfg, world_from_env())
     n = max(1, calls["train_step"])
@@ -122,7 +127,31 @@ def run(argv: list[str]) -> dict:
     return {"config": configs + overrides, "steps": calls["train_step"],
             "per_step": {k: round(v / n, 2) for k, v in sorted(by_source.items())},
             "sites": dict(counter.sites.most_common()), "stop_checks": calls["agreed"],
-            "finite_checks": calls["check_finite"]}
+            "finite_checks": calls["check_finite"],
+            **({"cuda_sync_warnings": dict(cuda_syncs.most_common())} if torch.cuda.is_available() else {})}
+
+
+@contextmanager
+def cuda_sync_warnings(counter: SyncCounter, sites: Counter[str]):
+    """On a GPU, CUDA's own account too: ``torch.cuda.set_sync_debug_mode("warn")`` warns at every
+    synchronising call; each warning, while steps train, is put down to its caller like the counts."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):
+            if not counter.paused:
+                sites[source()] += 1
+            return
+        shown(message, category, filename, lineno, file, line)
+
+    torch.cuda.set_sync_debug_mode("warn")
+    warnings.filterwarnings("always", message=".*synchroniz.*")
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def main() -> None:

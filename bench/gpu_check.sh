@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU check, in one call on a GPU machine without network (see scripts/gpu-bundle.sh, run
+# beforehand where the package index is reachable, for the .wheels/ and .gpu-data/ it expects):
+#   1. installs what the image lacks from .wheels/ into .gpu-env/ (no index, no dependencies pulled);
+#   2. runs the GPU tests (tests/gpu: bf16, ZeRO-1/2, LAMB/AdamW, evaluation, checkpoint, resume,
+#      export; the host synchronisations left in the step, CUDA's sync-debug warnings included);
+#   3. measures: bench.host_syncs on the GPU, then bench.model_speed --gpu (our model against
+#      transformers', eager and compiled).
+# Reports go to $OUT (default gpu-check/). Meant to finish in under 10 minutes on one H100/H200.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-check}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -m pip install -q --no-index --no-deps --find-links .wheels --target .gpu-env .wheels/*.whl \
+    2>&1 | tail -n 3
+export PYTHONPATH="$PWD/.gpu-env:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PRETRAIN_GPU_DATA="$PWD/.gpu-data/data"
+python3 -c 'import torch, deepspeed, pydantic; print("torch", torch.__version__, "cuda", torch.version.cuda,
+"deepspeed", deepspeed.__version__, "pydantic", pydantic.__version__)' | tee "$OUT/versions.txt"
+status=0
+# addopts cleared: the image has no pytest-xdist
+timeout 420 python3 -m pytest -o addopts="" -rs -s -q -m gpu tests/gpu 2>&1 | tee "$OUT/pytest.txt" | tail -n 40
+status=${PIPESTATUS[0]}
+timeout 120 python3 -m bench.host_syncs --config configs/tiny-cpu.yaml data.path="$PRETRAIN_GPU_DATA" \
+    run_dir="$OUT/host-syncs-run" model.size=mini deepspeed.precision=bf16 deepspeed.zero_stage=1 \
+    data.micro_batch_size=32 deepspeed.global_batch_size=64 optim.total_steps=20 optim.warmup_steps=4 \
+    logging.every_steps=10 logging.wandb=disabled eval.every_steps=0 checkpoint.every_steps=100 \
+    > "$OUT/host_syncs.json" 2> "$OUT/host_syncs.log"
+tail -n 30 "$OUT/host_syncs.json"
+timeout 240 python3 -m bench.model_speed --gpu 2>&1 | tee "$OUT/model_speed.txt" | tail -n 20
+rm -rf "$OUT/host-syncs-run"
+exit "$status"
