@@ -163,6 +163,12 @@ class PretrainingDataset:
             return np.zeros(0, dtype=np.int64)
         return np.concatenate([np.diff(b.input_offsets).astype(np.int64) for b in self._batches])
 
+    def prediction_counts(self) -> np.ndarray:
+        """(rows,) masked positions of every row, from the offsets alone (no row is read)."""
+        if not self._batches:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.diff(b.label_offsets).astype(np.int64) for b in self._batches])
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One row: ``input_ids``, ``token_type_ids``, ``masked_lm_positions``,
         ``masked_lm_labels`` (numpy arrays), ``next_sentence_label``, ``doc_id_a``, ``doc_id_b``."""

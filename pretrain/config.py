@@ -31,7 +31,6 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     size: Literal["tiny", "mini", "small", "base", "large"] = "tiny"
     init_from: str | None = None  # a Hugging Face-format directory (phase 2 starts from phase 1's export)
-    unpad: bool = False
     activation_checkpointing: int = Field(0, ge=0, description="0 off, 1 every layer, k every k-th layer")
     hidden_dropout_prob: float = Field(0.1, ge=0, lt=1)
     attention_probs_dropout_prob: float = Field(0.1, ge=0, lt=1)
@@ -46,6 +45,9 @@ class DataSection(_Section):
     seed: int = 1234
     length_bucketing: int = Field(0, ge=0, description="window of global steps sorted by length; 0: off")
     dynamic_masking: bool = False  # new masks each epoch instead of the preprocessed ones
+    packing: bool = Field(False, description="pack each global batch's sequences into full rows (micro_batch_size "
+                          "then counts rows); not with length_bucketing")
+    max_sequences_per_row: int = Field(3, ge=1, description="packed sequences per row at most")
 
 
 class OptimSection(_Section):
@@ -100,6 +102,14 @@ class TrainConfig(_Section):
     eval: EvalSection = EvalSection()
 
     @model_validator(mode="after")
+    def _packing_or_bucketing(self) -> TrainConfig:
+        if self.data.packing and self.data.length_bucketing:
+            raise ValueError("data.packing and data.length_bucketing are alternatives (packing fills rows "
+                             "whatever the lengths; bucketing would leave it only similar lengths to pair): "
+                             "set one of them")
+        return self
+
+    @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
         if self.optim.warmup_steps >= self.optim.total_steps:
             raise ValueError(
@@ -109,7 +119,12 @@ class TrainConfig(_Section):
         return self
 
     def accumulation_steps(self, world_size: int) -> int:
-        return self.deepspeed.global_batch_size // (self.data.micro_batch_size * world_size)
+        """Micro-batches per rank and step; packed, the most a step can need (one sequence per row):
+        steps need fewer, as many as their packing gives (:class:`pretrain.data.StepSampler`)."""
+        per_step = self.data.micro_batch_size * world_size
+        if self.data.packing:
+            return -(-self.deepspeed.global_batch_size // per_step)
+        return self.deepspeed.global_batch_size // per_step
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -188,7 +203,7 @@ def check_against(cfg: TrainConfig, data: DatasetInfo, world_size: int, on_gpu: 
         problems.append("deepspeed.precision fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16): "
                         "use bf16 or fp32 on CPU")
     per_step = cfg.data.micro_batch_size * world_size
-    if cfg.deepspeed.global_batch_size % per_step:
+    if cfg.deepspeed.global_batch_size % per_step and not cfg.data.packing:
         valid = valid_micro_batches(cfg.deepspeed.global_batch_size, world_size, cfg.data.micro_batch_size)
         problems.append(
             f"deepspeed.global_batch_size {cfg.deepspeed.global_batch_size} is not a multiple of "

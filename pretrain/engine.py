@@ -23,10 +23,13 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, on_gpu: bool | None = No
     will load a universal checkpoint (:mod:`pretrain.checkpoint`)."""
     d = cfg.deepspeed
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    accumulation = cfg.accumulation_steps(world_size)
     conf: dict = {
-        "train_batch_size": d.global_batch_size,
+        # the trainer marks each step's last micro-batch itself (packed steps have varying counts), so
+        # DeepSpeed's batch arithmetic only has to be consistent
+        "train_batch_size": cfg.data.micro_batch_size * accumulation * world_size,
         "train_micro_batch_size_per_gpu": cfg.data.micro_batch_size,
-        "gradient_accumulation_steps": cfg.accumulation_steps(world_size),
+        "gradient_accumulation_steps": accumulation,
         "gradient_clipping": cfg.optim.grad_clip,
         "steps_per_print": 10**9,
         "zero_optimization": {"stage": d.zero_stage},

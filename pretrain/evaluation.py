@@ -15,7 +15,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from preprocess.reader import PretrainingDataset
-from pretrain.data import RowDataset, collator_for
+from pretrain.data import RowDataset, collator_for, unpacked
+from pretrain.metrics import COUNTS
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -32,7 +33,7 @@ class Evaluator:
         mine += every[:1] * (each - len(mine))
         data.rows([i for b in mine for i in b])  # verified before the first evaluation, not during it
         self.loader = DataLoader(
-            RowDataset(data), batch_sampler=mine,
+            RowDataset(data), batch_sampler=[unpacked(b) for b in mine],
             collate_fn=collator_for(data), pin_memory=pin_memory,
         )
 
@@ -42,11 +43,11 @@ class Evaluator:
         engine.eval()
         sums = torch.zeros(5, dtype=torch.float64, device=engine.device)  # mlm loss x n, mlm ok, mlm n, nsp ok, nsp n
         for weight, batch in zip(self.weights, self.loader, strict=True):
-            batch.pop("real_tokens")
+            for k in ("plan", *COUNTS):
+                batch.pop(k)
             batch = {k: (v.to(engine.device, non_blocking=True) if v is not None else None) for k, v in batch.items()}
             out = engine(**batch)
-            n = out.mlm_total.double()
-            sums += weight * torch.stack([out.mlm_loss.double() * n, out.mlm_correct.double(), n,
+            sums += weight * torch.stack([out.mlm_loss_sum.double(), out.mlm_correct.double(), out.mlm_total.double(),
                                           out.nsp_correct.double(), out.nsp_total.double()])
         dist.all_reduce(sums)
         engine.train()

@@ -71,7 +71,7 @@ def vocab_fingerprint(directory: str) -> str | None:
     return vocab_file_fingerprint(str(src / "vocab.txt"), lower_case)
 
 
-def load_pretrained(directory: str, unpad: bool = False) -> tuple[BertForPreTraining, dict[str, list[str]]]:
+def load_pretrained(directory: str) -> tuple[BertForPreTraining, dict[str, list[str]]]:
     """The model and a report: ``initialized`` (keys absent from the checkpoint, e.g. heads)."""
     src = Path(directory)
     if not (src / "config.json").exists():
@@ -81,7 +81,7 @@ def load_pretrained(directory: str, unpad: bool = False) -> tuple[BertForPreTrai
         hint = f" (found {', '.join(pickled)}: pickle files are not loaded; convert to safetensors)" if pickled else ""
         raise CheckpointFormatError(f"{src}: no {WEIGHTS}{hint}")
     config = BertConfig.from_hf_dict(json.loads((src / "config.json").read_text()))
-    model = build_model(config, unpad=unpad)
+    model = build_model(config)
     state = {k: v.float() for k, v in load_file(str(src / WEIGHTS)).items()}
     if not any(k.startswith(("bert.", "cls.")) for k in state):
         state = {f"bert.{k}": v for k, v in state.items()}  # a BertModel saved on its own

@@ -23,29 +23,39 @@ import torch
 from preprocess.progress import Progress
 from pretrain.run_dir import RunDir
 
+# Host counts a micro-batch carries (made by the collator) and an interval sums, over ranks too.
+COUNTS = ("real_tokens", "attention_pairs", "predictions", "capacity", "rows_used", "sequences")
+
 
 class Interval:
     """Throughput over the steps since the last log line (host-side counts only)."""
 
     def __init__(self):
         self.start = time.perf_counter()
-        self.steps = self.tokens = 0
+        self.steps = 0
+        self.counts = dict.fromkeys(COUNTS, 0)
         self.waited = 0.0
 
-    def add(self, tokens: int, waited: float) -> None:
+    def add(self, counts: dict[str, int], waited: float) -> None:
+        """One step's ``COUNTS`` (this rank's) and seconds spent waiting for data."""
         self.steps += 1
-        self.tokens += tokens
+        for k in COUNTS:
+            self.counts[k] += counts[k]
         self.waited += waited
 
-    def rates(self, global_batch: int, flops_per_token: float, world: int, peak_tflops: float) -> dict[str, float]:
-        """samples/s; tokens/s (real, non-pad); achieved TFLOP/s per device (``flops_per_token`` x tokens/s,
-        see :func:`pretrain.model_config.flops_per_token`); MFU against ``peak_tflops``; share of time
-        waiting for data. ``tokens`` and ``waited`` are summed over ranks."""
+    def rates(self, global_batch: int, flops: Callable[[int, int, int], float], world: int,
+              peak_tflops: float) -> dict[str, float]:
+        """samples/s; tokens/s (real, non-pad); achieved TFLOP/s per device (``flops(tokens, attention pairs,
+        predictions)``, see :func:`pretrain.model_config.training_flops`: real work only); MFU against
+        ``peak_tflops``; share of time waiting for data; real tokens over the rows' capacity, and sequences
+        per non-empty row. ``counts`` and ``waited`` are summed over ranks."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        tokens_s = self.tokens / elapsed
-        tflops = tokens_s * flops_per_token / 1e12 / world
-        out = {"samples_per_s": self.steps * global_batch / elapsed, "tokens_per_s": tokens_s,
-               "tflops_per_device": tflops, "data_wait_share": self.waited / world / elapsed}
+        c = self.counts
+        tflops = flops(c["real_tokens"], c["attention_pairs"], c["predictions"]) / elapsed / 1e12 / world
+        out = {"samples_per_s": self.steps * global_batch / elapsed, "tokens_per_s": c["real_tokens"] / elapsed,
+               "tflops_per_device": tflops, "data_wait_share": self.waited / world / elapsed,
+               "packing_efficiency": c["real_tokens"] / max(1, c["capacity"]),
+               "sequences_per_row": c["sequences"] / max(1, c["rows_used"])}
         if peak_tflops:
             out["mfu"] = tflops / peak_tflops
         return out

@@ -9,10 +9,13 @@ tanh-pooled [CLS]. Module and parameter names are transformers' own
 
 Differences in *how*, not *what*:
 
-* attention is one call through :mod:`pretrain.attention` (fused SDPA kernels);
+* attention is one call through :mod:`pretrain.attention` (fused kernels), which also keeps
+  the sequences of a packed row apart;
+* a row may hold several sequences (packed: :mod:`pretrain.data`): each has its own
+  position ids, token types, [CLS] (``cls_positions``, for NSP) and masked positions;
 * the MLM head runs only on the masked positions, (B x max_predictions) rows,
   not (B x S);
-* ``unpad=True`` runs every dense layer on real tokens only;
+* losses are also returned as sums, for a trainer that normalises over a whole global batch;
 * activation checkpointing is switched on from outside (:func:`set_activation_checkpointing`);
 * weights are initialised in one place, :func:`init_weights`, which also
   materialises a model built on the meta device.
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pretrain.attention import Unpadded, attention, pad, unpad, unpad_info
+from pretrain.attention import Sequences, attention, boundary
 from pretrain.model_config import SIZES, BertConfig, flops_per_token
 
 __all__ = ["SIZES", "BertConfig", "BertForPreTraining", "BertModel", "build_model", "flops_per_token",
@@ -47,9 +50,11 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))  # (B, S, H)
 
 
@@ -62,18 +67,15 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(c.hidden_size, c.hidden_size)
         self.dropout_p = c.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, info: Unpadded | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seqs: Sequences) -> torch.Tensor:
         # One (H -> 3H) matmul instead of three: the parameters keep transformers' names.
         w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        q, k, v = F.linear(x, w, bias).chunk(3, dim=-1)  # each (B, S, H) or (nnz, H)
-        if info is not None:
-            q, k, v = pad(q, info), pad(k, info), pad(v, info)
+        q, k, v = F.linear(x, w, bias).chunk(3, dim=-1)  # each (B, S, H)
         b, s, h = q.shape
-        heads = lambda t: t.view(b, s, self.num_heads, h // self.num_heads).transpose(1, 2)  # noqa: E731 (B, nh, S, hs)
-        y = attention(heads(q), heads(k), heads(v), mask, self.dropout_p if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(b, s, h)  # (B, S, H)
-        return unpad(y, info) if info is not None else y
+        heads = lambda t: t.view(b, s, self.num_heads, h // self.num_heads)  # noqa: E731 (B, S, nh, hs)
+        y = attention(heads(q), heads(k), heads(v), seqs, self.dropout_p if self.training else 0.0)
+        return y.reshape(b, s, h)  # (B, S, H)
 
 
 class BertOutput(nn.Module):
@@ -99,8 +101,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(c)
         self.output = BertOutput(c, c.hidden_size)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, info: Unpadded | None) -> torch.Tensor:
-        return self.output(self.self(x, mask, info), x)
+    def forward(self, x: torch.Tensor, seqs: Sequences) -> torch.Tensor:
+        return self.output(self.self(x, seqs), x)
 
 
 class BertIntermediate(nn.Module):
@@ -119,8 +121,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(c)
         self.output = BertOutput(c, c.intermediate_size)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, info: Unpadded | None) -> torch.Tensor:
-        a = self.attention(x, mask, info)
+    def forward(self, x: torch.Tensor, seqs: Sequences) -> torch.Tensor:
+        a = self.attention(x, seqs)
         return self.output(self.intermediate(a), a)
 
 
@@ -130,12 +132,12 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(c) for _ in range(c.num_hidden_layers))
         self.checkpointed: frozenset[int] = frozenset()  # set by set_activation_checkpointing
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, info: Unpadded | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seqs: Sequences) -> torch.Tensor:
         for i, layer in enumerate(self.layer):
             if i in self.checkpointed and torch.is_grad_enabled():
-                x = checkpoint(layer, x, mask, info, use_reentrant=False)
+                x = checkpoint(layer, x, seqs, use_reentrant=False)
             else:
-                x = layer(x, mask, info)
+                x = layer(x, seqs)
         return x
 
 
@@ -144,15 +146,14 @@ class BertPooler(nn.Module):
         super().__init__()
         self.dense = nn.Linear(c.hidden_size, c.hidden_size)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(hidden[:, 0]))  # (B, H) from [CLS]
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(cls))  # (N, H) from each sequence's [CLS]
 
 
 class BertModel(nn.Module):
-    def __init__(self, c: BertConfig, unpad: bool = False):
+    def __init__(self, c: BertConfig):
         super().__init__()
         self.config = c
-        self.unpad = unpad
         self.embeddings = BertEmbeddings(c)
         self.encoder = BertEncoder(c)
         self.pooler = BertPooler(c)
@@ -162,27 +163,29 @@ class BertModel(nn.Module):
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        sequence_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        cls_positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) ids -> last hidden states (B, S, H) and pooled [CLS] (B, H).
+        """(B, S) ids -> last hidden states (B, S, H) and the pooled [CLS] of every sequence.
 
-        ``attention_mask`` (B, S), 1 for real tokens; pass None for a batch without
-        padding so that the fused kernels need no mask.
+        Plain rows: ``attention_mask`` (B, S), 1 for real tokens, or None for a batch without
+        padding; the pooled output is (B, H). Packed rows (the collator's layout,
+        :class:`pretrain.data.Collator`): ``position_ids``, ``sequence_ids`` (B, S), ``cu_seqlens``
+        and ``cls_positions`` (B, K); the pooled output is (B * K, H), one per sequence slot.
         """
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids)
-        mask = info = None
-        if attention_mask is not None:
-            if self.unpad:
-                info = unpad_info(attention_mask)
-                mask = info.mask
-                x = pad(self.encoder(unpad(x, info), mask, info), info)
-            else:
-                mask = attention_mask.bool()[:, None, None, :]
-                x = self.encoder(x, mask, None)
-        else:
-            x = self.encoder(x, None, None)
-        return x, self.pooler(x)
+        x = self.embeddings(input_ids, token_type_ids, position_ids)
+        seqs = boundary(x, self.config.hidden_size // self.config.num_attention_heads, attention_mask, sequence_ids,
+                        cu_seqlens)
+        x = self.encoder(x, seqs)  # (B, S, H)
+        if cls_positions is None:
+            return x, self.pooler(x[:, 0])
+        b, s, h = x.shape
+        flat = (cls_positions + torch.arange(b, device=x.device)[:, None] * s).reshape(-1)
+        return x, self.pooler(x.reshape(b * s, h).index_select(0, flat))  # (B * K, H)
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -218,10 +221,12 @@ class BertPreTrainingHeads(nn.Module):
 @dataclass
 class PreTrainingOutput:
     loss: torch.Tensor | None
-    mlm_loss: torch.Tensor | None
+    mlm_loss: torch.Tensor | None  # means over this batch's masked positions / sequences
     nsp_loss: torch.Tensor | None
-    mlm_logits: torch.Tensor  # (N, V): one row per real masked position, in batch order
-    nsp_logits: torch.Tensor  # (B, 2)
+    mlm_logits: torch.Tensor  # (B * P, V): one row per prediction slot, padding slots included
+    nsp_logits: torch.Tensor  # (B, 2), or (B * K, 2) for packed rows
+    mlm_loss_sum: torch.Tensor | None = None  # sums, for a normaliser over more than this batch
+    nsp_loss_sum: torch.Tensor | None = None
     mlm_correct: torch.Tensor | None = None  # counts, for accuracy
     mlm_total: torch.Tensor | None = None
     nsp_correct: torch.Tensor | None = None
@@ -232,10 +237,10 @@ class PreTrainingOutput:
 class BertForPreTraining(nn.Module):
     """BERT with MLM and NSP heads. ``model.bert(...)`` is the bare encoder."""
 
-    def __init__(self, config: BertConfig, unpad: bool = False):
+    def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
-        self.bert = BertModel(config, unpad=unpad)
+        self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config)
         self.tie_weights()
 
@@ -251,17 +256,23 @@ class BertForPreTraining(nn.Module):
         masked_lm_positions: torch.Tensor | None = None,
         masked_lm_labels: torch.Tensor | None = None,
         next_sentence_label: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        sequence_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        cls_positions: torch.Tensor | None = None,
     ) -> PreTrainingOutput:
         """Losses and logits for a batch.
 
         input_ids, token_type_ids, attention_mask: (B, S). masked_lm_positions and
         masked_lm_labels: (B, P), padded with position 0 and label -100 (the
         preprocess shards' columns, padded per batch). next_sentence_label: (B,),
-        0 = IsNext, 1 = random. The MLM head runs on the B x P prediction slots (the
-        loss and counts over the real ones); without positions it runs on every position
-        (for inspection).
+        0 = IsNext, 1 = random. Packed rows (see :meth:`BertModel.forward`): positions are
+        within the row, ``next_sentence_label`` is (B, K) with -100 in empty slots. The MLM
+        head runs on the B x P prediction slots (the loss and counts over the real ones);
+        without positions it runs on every position (for inspection).
         """
-        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, position_ids, sequence_ids, cu_seqlens,
+                                   cls_positions)
         nsp_logits = self.cls.seq_relationship(pooled)
         if masked_lm_positions is None:
             mlm_logits = self.cls.predictions(hidden)  # (B, S, V)
@@ -276,18 +287,21 @@ class BertForPreTraining(nn.Module):
 
         out = PreTrainingOutput(None, None, None, mlm_logits, nsp_logits, last_hidden_state=hidden)
         if masked_lm_labels is not None:
-            labels = masked_lm_labels.reshape(-1)
-            real = labels != IGNORE_INDEX
-            out.mlm_loss = F.cross_entropy(mlm_logits.float(), labels, ignore_index=IGNORE_INDEX)
-            out.mlm_correct = ((mlm_logits.argmax(-1) == labels) & real).sum()
-            out.mlm_total = real.sum()
+            out.mlm_loss_sum, out.mlm_correct, out.mlm_total = _summed(mlm_logits, masked_lm_labels.reshape(-1))
+            out.mlm_loss = out.mlm_loss_sum / out.mlm_total.clamp(min=1)
             out.loss = out.mlm_loss
         if next_sentence_label is not None:
-            out.nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label)
-            out.nsp_correct = (nsp_logits.argmax(-1) == next_sentence_label).sum()
-            out.nsp_total = torch.tensor(next_sentence_label.numel(), device=nsp_logits.device)
+            out.nsp_loss_sum, out.nsp_correct, out.nsp_total = _summed(nsp_logits, next_sentence_label.reshape(-1))
+            out.nsp_loss = out.nsp_loss_sum / out.nsp_total.clamp(min=1)
             out.loss = out.nsp_loss if out.loss is None else out.loss + out.nsp_loss
         return out
+
+
+def _summed(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy (fp32), correct predictions and labelled slots over the slots not -100."""
+    real = labels != IGNORE_INDEX
+    loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, ((logits.argmax(-1) == labels) & real).sum(), real.sum()
 
 
 def init_weights(model: nn.Module, initializer_range: float = 0.02) -> None:
@@ -319,10 +333,10 @@ def init_weights(model: nn.Module, initializer_range: float = 0.02) -> None:
         nn.init.zeros_(model.cls.predictions.bias)
 
 
-def build_model(config: BertConfig, unpad: bool = False, device: str | torch.device = "cpu") -> BertForPreTraining:
+def build_model(config: BertConfig, device: str | torch.device = "cpu") -> BertForPreTraining:
     """A freshly initialised model, built on the meta device and materialised once."""
     with torch.device("meta"):
-        model = BertForPreTraining(config, unpad=unpad)
+        model = BertForPreTraining(config)
     model.to_empty(device=torch.device(device))
     init_weights(model, config.initializer_range)
     return model

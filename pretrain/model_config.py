@@ -77,8 +77,22 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 
+def training_flops(c: BertConfig, tokens: int, attention_pairs: int, predictions: int) -> float:
+    """Training FLOPs (forward + backward = 3x forward, matmuls only) counted on real work only.
+
+    ``tokens``: real tokens; ``attention_pairs``: the sum over sequences of length^2 (each
+    sequence attends within itself, however it is padded or packed); ``predictions``: real
+    masked positions. Per layer: 2 (4 H^2 + 2 H I) per token (QKV, output, FFN) and 4 H per
+    attention pair (QK^T and AV); the MLM head 2 H^2 + 2 H V per prediction.
+    """
+    h, i, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    per_token = L * 2 * (4 * h * h + 2 * h * i)
+    return 3.0 * (tokens * per_token + attention_pairs * L * 4 * h + predictions * (2 * h * h + 2 * h * c.vocab_size))
+
+
 def flops_per_token(c: BertConfig, seq: int, predictions_per_seq: int) -> float:
-    """Training FLOPs per token (forward + backward = 3x forward, matmuls only).
+    """Training FLOPs per token of full-length rows of ``seq`` tokens (what :func:`training_flops`
+    gives for them, per token; for synthetic benchmarks).
 
     Per layer and token: 24 H^2 (QKV, output, FFN with I = 4H in general 2*(4H^2 + 2HI))
     plus attention 4 S H; the MLM head on the masked fraction: 2 H^2 + 2 H V.

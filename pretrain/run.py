@@ -9,6 +9,7 @@ vocabulary) is checked before the process group starts.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -28,9 +29,9 @@ from pretrain.model import (
     BertConfig,
     BertForPreTraining,
     build_model,
-    flops_per_token,
     set_activation_checkpointing,
 )
+from pretrain.model_config import training_flops
 from pretrain.run_dir import DataRef, RunDir
 from pretrain.trainer import Loop, Trainer
 
@@ -70,7 +71,8 @@ def train(cfg: TrainConfig, world: World) -> dict:
                  "and gets records from step %d on", state["step"] + 1, went_back, run.metrics_superseded.name,
                  went_back + 1)
     plan = BatchPlan(len(data), cfg.deepspeed.global_batch_size, cfg.data.micro_batch_size, world.size,
-                     world.rank, cfg.data.seed, cfg.data.length_bucketing)
+                     world.rank, cfg.data.seed, cfg.data.length_bucketing, cfg.data.packing, info.max_seq_length,
+                     cfg.data.max_sequences_per_row)
     pinned = torch.device(engine.device).type == "cuda"  # batches copied to the GPU without blocking
     batches = iter(make_loader(data, plan, state["step"], cfg.data.num_workers, cfg.data.dynamic_masking, pinned))
     evaluator = None
@@ -93,8 +95,7 @@ def train(cfg: TrainConfig, world: World) -> dict:
         rank=world.rank,
         world_size=world.size,
         global_batch=plan.global_batch,
-        accumulation=plan.accumulation,
-        flops_per_token=flops_per_token(model.config, info.max_seq_length, info.max_predictions_per_seq),
+        flops=functools.partial(training_flops, model.config),
         peak_tflops=cfg.logging.peak_tflops_per_device,
         fp16=cfg.deepspeed.precision == "fp16",
     )
@@ -115,7 +116,7 @@ def build(cfg: TrainConfig, info: DatasetInfo) -> BertForPreTraining:
     if cfg.model.init_from:
         source = f"model.init_from {cfg.model.init_from}"
         info.check_vocab(vocab_fingerprint(cfg.model.init_from), source)
-        model, report = load_pretrained(cfg.model.init_from, unpad=cfg.model.unpad)
+        model, report = load_pretrained(cfg.model.init_from)
         if model.config.vocab_size < info.vocab_size:
             raise ConfigError(f"{source}: vocabulary {model.config.vocab_size} is smaller than the data's "
                               f"{info.vocab_size}")
@@ -131,6 +132,6 @@ def build(cfg: TrainConfig, info: DatasetInfo) -> BertForPreTraining:
             hidden_dropout_prob=cfg.model.hidden_dropout_prob,
             attention_probs_dropout_prob=cfg.model.attention_probs_dropout_prob,
         )
-        model = build_model(config, unpad=cfg.model.unpad)
+        model = build_model(config)
     set_activation_checkpointing(model, cfg.model.activation_checkpointing)
     return model

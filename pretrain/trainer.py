@@ -5,9 +5,9 @@ evaluation, metrics, the stop signal) and only sequences them; :mod:`pretrain.ru
 builds them from the configuration.
 
 Everything random in a step is a function of the seed, the step and the micro-batch's
-place in the global batch, never of the rank: the data order (:mod:`pretrain.data`: rank
-``r`` of ``W`` takes micro-batches ``r*A .. r*A+A-1`` of the step's ``W*A``) and the
-dropout masks (the torch generator is re-seeded for each micro-batch by its place). So a
+place in the global batch, never of the rank: the data order and packing (:mod:`pretrain.data`:
+rank ``r`` of ``W`` takes micro-batches ``r*A .. r*A+A-1`` of the step's ``W*A``, ``A`` planned
+by the loader per step) and the dropout masks (the torch generator is re-seeded for each micro-batch by its place). So a
 run resumed from a checkpoint repeats exactly the losses of an uninterrupted run, the
 same global batch gives the same losses at any world size (up to the order of the
 gradient sums), and nothing in the loop needs to skip through data.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,15 +35,17 @@ from pretrain.checkpoint import CheckpointManager
 from pretrain.distributed import StopSignal
 from pretrain.engine import grad_norm
 from pretrain.evaluation import Evaluator
-from pretrain.metrics import Interval, MetricsLogger, memory_gb
+from pretrain.metrics import COUNTS, Interval, MetricsLogger, memory_gb
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
+    from pretrain.data import MicroBatch
+
 log = logging.getLogger("pretrain")
 
 # The sums a step keeps per rank, in this order (device tensor, float64).
-SUMS = ("loss", "mlm_loss", "nsp_loss", "mlm_correct", "mlm_total", "nsp_correct", "nsp_total")
+SUMS = ("mlm_loss_sum", "nsp_loss_sum", "mlm_correct", "mlm_total", "nsp_correct", "nsp_total")
 # A stop signal is agreed on (a collective and a host read) every this many steps, not every step.
 STOP_CHECK_EVERY = 10
 _NO_BAD_STEP = 2.0**52  # the non-finite tracker holds _NO_BAD_STEP - step, so a MAX over ranks finds the first
@@ -66,8 +68,7 @@ class Loop:
     rank: int
     world_size: int
     global_batch: int
-    accumulation: int
-    flops_per_token: float
+    flops: Callable[[int, int, int], float]  # (real tokens, attention pairs, predictions) -> training FLOPs
     peak_tflops: float = 0.0
     fp16: bool = False
 
@@ -92,12 +93,12 @@ class Trainer:
         interval = Interval()
         while step < loop.last_step:
             logging_step = (step + 1) % loop.log_every == 0 or step + 1 == loop.last_step
-            sums, tokens, waited = self.train_step(step, measure_grad_norm=logging_step and self.own_grad_norm)
+            sums, counts, waited = self.train_step(step, measure_grad_norm=logging_step and self.own_grad_norm)
             step += 1
             self.metrics.tick(step)
             state = {"step": step, "samples": state["samples"] + loop.global_batch}
-            self._track_finite(sums[0], step)
-            interval.add(tokens, waited)
+            self._track_finite(sums[0] + sums[1], step)
+            interval.add(counts, waited)
             if logging_step:
                 self.log(step, sums, interval, state)
                 interval = Interval()
@@ -112,28 +113,42 @@ class Trainer:
                 break
         return state
 
-    def train_step(self, step: int, measure_grad_norm: bool = False) -> tuple[torch.Tensor, int, float]:
-        """Optimizer step ``step + 1`` over ``accumulation`` micro-batches: this rank's sums (device,
-        see ``SUMS``), its real tokens and its seconds spent waiting for data."""
-        loop = self.loop
+    def train_step(self, step: int, measure_grad_norm: bool = False) -> tuple[torch.Tensor, dict[str, int], float]:
+        """Optimizer step ``step + 1`` over this rank's micro-batches of the step (as many as the loader
+        planned, the same on every rank): its sums (device, see ``SUMS``), its host counts (``COUNTS``) and
+        its seconds spent waiting for data."""
         sums = torch.zeros(len(SUMS), dtype=torch.float64, device=self.device)
-        tokens, waited = 0, 0.0
-        for a in range(loop.accumulation):
-            place = loop.rank * loop.accumulation + a  # the micro-batch's place in the global batch
-            torch.manual_seed(mix_int(loop.seed, step, place) >> 1)  # dropout: not a function of the rank
+        counts, waited = dict.fromkeys(COUNTS, 0), 0.0
+        while True:
             t = time.perf_counter()
             batch = next(self.batches)
             waited += time.perf_counter() - t
-            tokens += batch.pop("real_tokens")  # an int made by the collator
-            sums += self.forward_backward(batch, measure_grad_norm)
-        return sums, tokens, waited
+            plan = batch.pop("plan")
+            if plan.step != step:
+                raise RuntimeError(f"the loader is at step {plan.step}, the trainer at step {step}")
+            for k in COUNTS:
+                counts[k] += batch.pop(k)  # ints made by the collator
+            torch.manual_seed(mix_int(self.loop.seed, step, plan.place) >> 1)  # dropout: not a function of the rank
+            sums += self.forward_backward(batch, plan, measure_grad_norm)
+            if plan.index == plan.count - 1:
+                return sums, counts, waited
 
-    def forward_backward(self, batch: dict[str, torch.Tensor | None], measure_grad_norm: bool = False) -> torch.Tensor:
-        """Forward, backward and the engine's step (which applies the update at the accumulation
-        boundary); the micro-batch's sums, on the device."""
+    def forward_backward(self, batch: dict[str, torch.Tensor | None], plan: MicroBatch,
+                         measure_grad_norm: bool = False) -> torch.Tensor:
+        """Forward, backward and the engine's step (which applies the update after the step's last
+        micro-batch); the micro-batch's sums, on the device.
+
+        The loss is the micro-batch's share of the global batch's: its summed MLM and NSP losses over
+        the masked positions and the sequences of the whole global batch (the loader's normalisers),
+        times the world size, as DeepSpeed averages gradients over ranks. Summed over all micro-batches
+        of all ranks, the gradient is that of the global batch's mean losses, however many micro-batches
+        the step has and however the sequences are laid out in them.
+        """
         batch = {k: (v.to(self.device, non_blocking=True) if v is not None else None) for k, v in batch.items()}
         out = self.engine(**batch)
-        self.engine.backward(out.loss)
+        loss = (out.mlm_loss_sum / max(1, plan.masked_tokens) + out.nsp_loss_sum / plan.sequences) * self.loop.world_size
+        self.engine.set_gradient_accumulation_boundary(plan.index == plan.count - 1)
+        self.engine.backward(loss, scale_wrt_gas=False)
         if measure_grad_norm and self.engine.is_gradient_accumulation_boundary():
             # the gradients are averaged over ranks by now and not yet clipped (as DeepSpeed reports it)
             grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
@@ -144,20 +159,23 @@ class Trainer:
     def log(self, step: int, sums: torch.Tensor, interval: Interval, state: dict) -> None:
         """Reduce the step's sums and the interval's counts over ranks and log them (one host read)."""
         loop = self.loop
-        host = torch.tensor([interval.tokens, interval.waited], dtype=torch.float64, device=self.device)
+        host = torch.tensor([*(interval.counts[k] for k in COUNTS), interval.waited], dtype=torch.float64,
+                            device=self.device)
         summed = torch.cat([sums, host])
         dist.all_reduce(summed)
         self.check_finite()
-        v = dict(zip((*SUMS, "tokens", "waited"), summed.tolist()))
-        micro = loop.accumulation * loop.world_size
-        interval.tokens, interval.waited = int(v["tokens"]), v["waited"]
+        v = dict(zip((*SUMS, *COUNTS, "waited"), summed.tolist()))
+        interval.counts = {k: int(v[k]) for k in COUNTS}
+        interval.waited = v["waited"]
+        mlm_loss = v["mlm_loss_sum"] / max(1.0, v["mlm_total"])  # the step's means over the global batch
+        nsp_loss = v["nsp_loss_sum"] / max(1.0, v["nsp_total"])
         m = {
-            "loss": v["loss"] / micro,
-            "mlm_loss": v["mlm_loss"] / micro,
-            "nsp_loss": v["nsp_loss"] / micro,
+            "loss": mlm_loss + nsp_loss,
+            "mlm_loss": mlm_loss,
+            "nsp_loss": nsp_loss,
             "mlm_accuracy": v["mlm_correct"] / max(1.0, v["mlm_total"]),
             "nsp_accuracy": v["nsp_correct"] / max(1.0, v["nsp_total"]),
-            **interval.rates(loop.global_batch, loop.flops_per_token, loop.world_size, loop.peak_tflops),
+            **interval.rates(loop.global_batch, loop.flops, loop.world_size, loop.peak_tflops),
             "lr": self.engine.get_lr()[0],
             "grad_norm": float(self.grad_norm) if self.own_grad_norm and self.grad_norm is not None
             else grad_norm(self.engine),

@@ -131,11 +131,13 @@ def test_a_zero_0_checkpoint_resumes_at_any_world_size_and_no_other_stage(datase
 
 
 def test_world_sizes_1_2_and_3_and_both_launchers_give_the_same_losses(dataset, tmp_path):
-    # dropout on: its masks are keyed by the micro-batch's place in the global batch, not by the rank
-    # evaluation too: the same 60 rows (8 micro-batches, the last of 4) at any world size
-    common = ("optim.total_steps=4", "deepspeed.global_batch_size=48", "data.micro_batch_size=8",
+    # dropout on: its masks are keyed by the micro-batch's place in the global batch, not by the rank.
+    # Packed: each step's 48 sequences fill ~44 rows, so 11 or 12 micro-batches of 4 rows, as the step's
+    # packing gives (1 rank: all; 3 ranks: 4 each, the last places empty).
+    # Evaluation too: the same 60 rows (8 micro-batches, the last of 4) at any world size.
+    common = ("optim.total_steps=4", "deepspeed.global_batch_size=48", "data.micro_batch_size=4", "data.packing=true",
               "eval.every_steps=4", "eval.max_sequences=60")
-    for ranks in (1, 3):  # 6 and 2 micro-batches accumulated per rank
+    for ranks in (1, 3):
         train(dataset, tmp_path / f"world{ranks}", *common, ranks=ranks)
     # 2 ranks (3 micro-batches each) through DeepSpeed's own launcher, which the README offers beside torchrun
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", "2", "--master_port",
@@ -151,6 +153,22 @@ def test_world_sizes_1_2_and_3_and_both_launchers_give_the_same_losses(dataset, 
         for step in one:
             assert other[step] == pytest.approx(one[step], rel=1e-5), (ranks, step)
         assert evaluation(tmp_path / f"world{ranks}") == pytest.approx(evaluated, rel=1e-5), ranks
+
+
+def test_packed_training_equals_unpacked_training(dataset, tmp_path):
+    """Without dropout, packed rows (2 ranks, ZeRO-2, as many micro-batches as each step's packing needs)
+    train exactly as the same sequences one per row (1 rank, fixed accumulation)."""
+    common = ("optim.total_steps=4", "deepspeed.global_batch_size=48", "model.hidden_dropout_prob=0",
+              "model.attention_probs_dropout_prob=0", "eval.every_steps=0")
+    train(dataset, tmp_path / "padded", *common, "data.micro_batch_size=8", ranks=1)
+    train(dataset, tmp_path / "packed", *common, "data.packing=true", "data.micro_batch_size=4",
+          "deepspeed.zero_stage=2", ranks=2)
+    padded, packed = losses(tmp_path / "padded"), losses(tmp_path / "packed")
+    assert sorted(padded) == sorted(packed) == [1, 2, 3, 4]
+    for step in padded:
+        assert packed[step] == pytest.approx(padded[step], rel=1e-5), step
+    records = [r for r in map(json.loads, open(tmp_path / "packed" / "metrics.jsonl")) if "loss" in r]
+    assert all(r["sequences_per_row"] > 1 for r in records)
 
 
 def evaluation(run_dir) -> dict[str, float]:

@@ -18,10 +18,15 @@ MANIFEST = data_with(train=100, validation=5)
 
 
 def test_recipe_loads_and_overrides_are_typed(tmp_path):
-    cfg = load_config("configs/tiny-cpu.yaml", ["optim.lr=3e-4", "deepspeed.zero_stage=3", "model.unpad=true",
+    cfg = load_config("configs/tiny-cpu.yaml", ["optim.lr=3e-4", "deepspeed.zero_stage=3", "data.packing=true",
                                                 "deepspeed.global_batch_size=48", "data.micro_batch_size=8"])
-    assert cfg.optim.lr == 3e-4 and cfg.deepspeed.zero_stage == 3 and cfg.model.unpad is True
-    assert [cfg.accumulation_steps(world_size=w) for w in (1, 2, 3, 6)] == [6, 3, 2, 1]
+    assert cfg.optim.lr == 3e-4 and cfg.deepspeed.zero_stage == 3 and cfg.data.packing is True
+    assert [cfg.accumulation_steps(world_size=w) for w in (1, 2, 3, 5)] == [6, 3, 2, 2]  # packed: at most
+
+
+def test_packing_and_length_bucketing_are_alternatives():
+    with pytest.raises(ConfigError, match="data.packing and data.length_bucketing are alternatives"):
+        load_config("configs/tiny-cpu.yaml", ["data.packing=true", "data.length_bucketing=4"])
 
 
 def test_a_bad_value_is_blamed_on_the_override_or_the_file_that_set_it(tmp_path):

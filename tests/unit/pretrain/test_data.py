@@ -2,13 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.data import BatchPlan, Collator, StepSampler
+from pretrain.data import BatchPlan, Collator, Layout, StepSampler, unpacked
+from pretrain.packing import pack
 
 
 def take(sampler, n):
     """The first n micro-batches as row indices (the sampler also carries each row's epoch)."""
     it = iter(sampler)
-    return [[i for i, _ in next(it)] for _ in range(n)]
+    return [[i for i, _ in next(it).rows] for _ in range(n)]
 
 
 def test_ranks_take_disjoint_slices_that_cover_each_global_batch():
@@ -49,16 +50,88 @@ def row(n, b_start, positions, labels, nsp):
 
 
 def test_collator_pads_and_omits_the_mask_when_nothing_is_padded():
-    c = Collator(pad_id=0, max_predictions=3)
-    batch = c([row(6, 3, [1, 4], [7, 8], 0), row(4, 2, [2], [9], 1)])
+    c = Collator(Layout(pad_id=0, max_predictions=3))
+    batch = c((unpacked([0, 1]), [row(6, 3, [1, 4], [7, 8], 0), row(4, 2, [2], [9], 1)]))
     assert batch["input_ids"].shape == (2, 6) and batch["input_ids"][1, 4:].tolist() == [0, 0]
-    assert batch["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 1, 0, 0]]
+    assert batch["sequence_ids"].tolist() == [[1] * 6, [1, 1, 1, 1, 0, 0]]
+    assert batch["cu_seqlens"].tolist() == [0, 6, 10, 12, 12]  # row 0; row 1 and its padding; unused
     assert batch["masked_lm_positions"].tolist() == [[1, 4, 0], [2, 0, 0]]
     assert batch["masked_lm_labels"].tolist() == [[7, 8, -100], [9, -100, -100]]
     assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 1, 1, 1]
     assert batch["next_sentence_label"].tolist() == [0, 1] and batch["real_tokens"] == 10
-    same = c([row(5, 2, [1], [3], 0), row(5, 3, [2], [4], 0)])
-    assert same["attention_mask"] is None and same["input_ids"].dtype == torch.long
+    assert batch["position_ids"] is None and batch["cls_positions"] is None
+    same = c((unpacked([0, 1]), [row(5, 2, [1], [3], 0), row(5, 3, [2], [4], 0)]))
+    assert same["sequence_ids"] is None and same["cu_seqlens"] is None and same["input_ids"].dtype == torch.long
+
+
+def test_collator_packs_each_sequence_as_its_own_bert_input():
+    from pretrain.data import MicroBatch
+
+    c = Collator(Layout(pad_id=0, max_predictions=2, rows=3, capacity=10, max_per_row=3))
+    plan = MicroBatch(((0, 0), (1, 0), (2, 0)), (0, 0, 1), 0, 0, 0, 1, 4, 3)
+    batch = c((plan, [row(6, 3, [1, 4], [7, 8], 0), row(4, 2, [2], [9], 1), row(5, 2, [3], [5], 1)]))
+    assert batch["input_ids"].shape == (3, 10)  # fixed shape: the last row stays empty
+    assert batch["input_ids"][0].tolist() == [10, 11, 12, 13, 14, 15, 10, 11, 12, 13]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
+    assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 1, 1]
+    assert batch["sequence_ids"].tolist() == [[1] * 6 + [2] * 4, [1] * 5 + [0] * 5, [0] * 10]
+    assert batch["cu_seqlens"].tolist() == [0, 6, 10, 15, 20, 30] + [30] * 7
+    assert batch["masked_lm_positions"][0].tolist() == [1, 4, 8, 0, 0, 0]  # the second sequence's, shifted by 6
+    assert batch["masked_lm_labels"][0].tolist() == [7, 8, 9, -100, -100, -100]
+    assert batch["cls_positions"].tolist() == [[0, 6, 0], [0, 0, 0], [0, 0, 0]]
+    assert batch["next_sentence_label"].tolist() == [[0, 1, -100], [1, -100, -100], [-100] * 3]
+    assert (batch["capacity"], batch["rows_used"], batch["sequences"]) == (30, 2, 3)
+    assert batch["attention_pairs"] == 36 + 16 + 25 and batch["predictions"] == 4
+
+
+def test_packing_fills_rows_best_fit_decreasing():
+    rows = pack(np.array([5, 9, 3, 7, 2, 1]), capacity=10, max_per_row=3)
+    assert rows == [[1, 5], [3, 2], [0, 4]]  # 9+1, 7+3, 5+2
+    assert pack(np.array([4, 4, 4, 4]), 12, 2) == [[0, 1], [2, 3]]  # at most max_per_row
+    with pytest.raises(ValueError, match="sequence 1 has 11 tokens"):
+        pack(np.array([3, 11]), 10, 3)
+
+
+def test_packing_is_complete_within_bounds_and_efficient():
+    rng = np.random.default_rng(0)
+    lengths = np.where(rng.random(2000) < 0.4, 128, rng.integers(8, 128, 2000))
+    rows = pack(lengths, 128, 3)
+    assert sorted(i for r in rows for i in r) == list(range(2000))
+    assert all(len(r) <= 3 and lengths[r].sum() <= 128 for r in rows)
+    assert lengths.sum() / (len(rows) * 128) > 0.97
+
+
+def packed_plan(world, rank, micro=4):
+    return BatchPlan(rows=300, global_batch=32, micro_batch=micro, world_size=world, rank=rank, seed=5,
+                     packing=True, capacity=64, max_per_row=3)
+
+
+def test_packed_steps_are_the_same_at_any_world_size():
+    """Places hold the same sequences at any world size; every rank runs the same number of micro-batches."""
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(8, 65, 300)
+    predictions = rng.integers(1, 10, 300)
+
+    def places(world):
+        by_place, counts = {}, set()
+        for rank in range(world):
+            it = iter(StepSampler(packed_plan(world, rank), 0, lengths, predictions))
+            for _ in range(12):
+                mb = next(it)
+                counts.add((mb.step, mb.count))
+                if mb.rows:
+                    by_place[(mb.step, mb.place)] = (mb.rows, mb.slots)
+                assert mb.sequences == 32 and mb.masked_tokens > 0
+        return by_place, counts
+
+    one, counts_1 = places(1)
+    three, counts_3 = places(3)
+    assert {k: v for k, v in one.items() if k[0] < 2} == {k: v for k, v in three.items() if k[0] < 2}
+    assert all(c < 8 for _, c in counts_1)  # fewer micro-batches than unpacked's 32 / 4
+    assert {s: -(-c // 3) for s, c in counts_1 if s < 2} == {s: c for s, c in counts_3 if s < 2}
+    step0 = [i for (s, _), (rows, _) in one.items() if s == 0 for i, _ in rows]
+    assert len(step0) == len(set(step0)) == 32
+    assert sum(predictions[step0]) == next(iter(StepSampler(packed_plan(1, 0), 0, lengths, predictions))).masked_tokens
 
 
 def test_length_bucketing_pads_less_and_still_takes_every_row_once():

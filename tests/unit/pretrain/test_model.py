@@ -25,9 +25,8 @@ def hf_model(dropout=0.0, seed=0):
     return transformers.BertForPreTraining(hc)
 
 
-def ours_from(hf, dropout=0.0, unpad=False):
-    m = BertForPreTraining(BertConfig(**CFG, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout),
-                           unpad=unpad)
+def ours_from(hf, dropout=0.0):
+    m = BertForPreTraining(BertConfig(**CFG, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout))
     m.load_state_dict(hf.state_dict(), strict=True)
     return m
 
@@ -136,19 +135,71 @@ def test_checkpointing_saves_far_less_activation_memory():
     assert ckpt * 3 < plain
 
 
-def test_unpadded_path_matches_padded_path():
+def sequences(lengths, seed=2):
+    """Rows as the dataset gives them: [CLS] A [SEP] B [SEP] with masked positions and an NSP label."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i, n in enumerate(lengths):
+        ids = torch.randint(5, CFG["vocab_size"], (n,), generator=g)
+        ids[0], ids[n // 2], ids[-1] = 2, 3, 3
+        k = max(1, n // 6)
+        positions = (torch.randperm(n - 2, generator=g)[:k] + 1).sort().values
+        out.append({"input_ids": ids.numpy(), "token_type_ids": (torch.arange(n) > n // 2).to(torch.int8).numpy(),
+                    "masked_lm_positions": positions.numpy(),
+                    "masked_lm_labels": torch.randint(5, CFG["vocab_size"], (k,), generator=g).numpy(),
+                    "next_sentence_label": i % 2})
+    return out
+
+
+def laid_out(rows, packed_rows=None, capacity=0):
+    """The collator's batch of ``rows``: one per row, or packed into ``packed_rows`` (lists of indices)."""
+    from pretrain.data import Collator, Layout, MicroBatch
+
+    total = sum(len(r["masked_lm_positions"]) for r in rows)
+    if packed_rows is None:
+        order, slots, layout = list(range(len(rows))), list(range(len(rows))), Layout(0, 6)
+    else:
+        order = [i for r in packed_rows for i in r]
+        slots = [s for s, r in enumerate(packed_rows) for _ in r]
+        layout = Layout(0, 6, rows=len(packed_rows) + 1, capacity=capacity, max_per_row=3)  # + an empty row
+    plan = MicroBatch(tuple((i, 0) for i in order), tuple(slots), 0, 0, 0, 1, total, len(rows))
+    batch = Collator(layout)((plan, [rows[i] for i in order]))
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) or v is None}, plan
+
+
+def normalised_loss(out, plan):
+    return out.mlm_loss_sum / plan.masked_tokens + out.nsp_loss_sum / plan.sequences
+
+
+def test_a_packed_batch_equals_the_same_sequences_unpacked():
+    """Loss, accuracies and gradients of packed rows equal those of the same sequences one per row."""
     hf = hf_model()
-    padded, unpadded = ours_from(hf), ours_from(hf, unpad=True)
-    ids, types, mask, positions, labels, nsp = batch()
-    a = padded(ids, types, mask, positions, labels, nsp)
-    b = unpadded(ids, types, mask, positions, labels, nsp)
-    real = mask.bool()
-    torch.testing.assert_close(b.last_hidden_state[real], a.last_hidden_state[real], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=1e-6)
-    a.loss.backward()
-    b.loss.backward()
-    for (n, p), q in zip(padded.named_parameters(), unpadded.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=n)
+    plain, packed = ours_from(hf), ours_from(hf)
+    rows = sequences([20, 9, 14, 30, 6, 11, 25])
+    a_batch, plan = laid_out(rows)
+    b_batch, _ = laid_out(rows, packed_rows=[[0, 1, 4], [3], [6, 5], [2]], capacity=36)
+    assert b_batch["input_ids"].shape == (5, 36) and b_batch["cls_positions"].shape == (5, 3)
+    a, b = plain(**a_batch), packed(**b_batch)
+    for name in ("mlm_loss_sum", "nsp_loss_sum", "mlm_correct", "mlm_total", "nsp_correct", "nsp_total"):
+        torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=1e-5, atol=1e-5, msg=name)
+    assert int(b.nsp_total) == 7 and int(b.mlm_total) == plan.masked_tokens
+    normalised_loss(a, plan).backward()
+    normalised_loss(b, plan).backward()
+    for (n, p), q in zip(plain.named_parameters(), packed.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_a_sequence_is_unchanged_by_what_is_packed_beside_it():
+    model = build_model(BertConfig(**CFG)).eval()
+    rows = sequences([12, 20, 7])
+    alone, _ = laid_out(rows[:1], packed_rows=[[0]], capacity=40)
+    beside, _ = laid_out(rows, packed_rows=[[1, 0, 2]], capacity=40)  # sequence 0 at offset 20
+    with torch.no_grad():
+        x = model(**alone).last_hidden_state[0, :12]
+        y = model(**beside).last_hidden_state[0, 20:32]
+        nsp_alone, nsp_beside = model(**alone).nsp_logits[0], model(**beside).nsp_logits[1]
+    torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(nsp_beside, nsp_alone, rtol=1e-5, atol=1e-5)
 
 
 def test_no_mask_equals_all_ones_mask():

@@ -1,0 +1,56 @@
+"""Packing sequences into rows: which sequences share a row of ``max_seq_length`` tokens.
+
+Plain functions on lengths; :mod:`pretrain.data` applies them to each global batch and
+:mod:`pretrain.attention` keeps the packed sequences apart.
+
+The algorithm is **best-fit decreasing** with at most ``max_per_row`` sequences per row
+(MLPerf's BERT packs at most 3): sequences are taken longest first (ties in their order in
+the batch), each goes into the open row with the least room that still fits it (ties: the
+row that reached that room last), or opens a new row. A row closes when it is full or holds
+``max_per_row`` sequences. The result depends on the lengths and their order only, so
+every rank computes the same packing of a global batch without talking to the others.
+
+Cost: one sort and, per sequence, a few integer operations on a bit set of the room sizes
+that open rows have (``capacity`` + 1 bits): about 1 microsecond per sequence in CPython.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pack(lengths: np.ndarray, capacity: int, max_per_row: int) -> list[list[int]]:
+    """Rows of indices into ``lengths``, in the order they were opened; within a row, sequences
+    in the order they were placed (longest first). Every index appears exactly once."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if max_per_row < 1:
+        raise ValueError(f"max_per_row {max_per_row}: must be >= 1")
+    if len(lengths) and (lengths.max() > capacity or lengths.min() < 1):
+        bad = int(np.flatnonzero((lengths > capacity) | (lengths < 1))[0])
+        raise ValueError(f"sequence {bad} has {int(lengths[bad])} tokens: rows hold 1 to {capacity}")
+    rows: list[list[int]] = []
+    by_room: list[list[int]] = [[] for _ in range(capacity + 1)]  # open rows by the room they have left
+    open_rooms = 0  # bit r set: by_room[r] is not empty
+    for i in np.argsort(-lengths, kind="stable").tolist():
+        n = int(lengths[i])
+        fits = open_rooms >> n
+        if fits:
+            room = n + (fits & -fits).bit_length() - 1  # the least room >= n
+            stack = by_room[room]
+            row = stack.pop()
+            if not stack:
+                open_rooms &= ~(1 << room)
+            rows[row].append(i)
+        else:
+            room, row = capacity, len(rows)
+            rows.append([i])
+        left = room - n
+        if left and len(rows[row]) < max_per_row:
+            by_room[left].append(row)
+            open_rooms |= 1 << left
+    return rows
+
+
+def efficiency(lengths: np.ndarray, rows: int, capacity: int) -> float:
+    """Real tokens over the capacity of ``rows`` rows."""
+    return float(np.sum(lengths)) / max(1, rows * capacity)
