@@ -53,6 +53,7 @@ def main() -> None:
 
     from preprocess.reader import PretrainingDataset
     from pretrain.data import BatchPlan, make_loader
+    from pretrain.metrics import COUNTS
     from pretrain.model import BertConfig, build_model
 
     data = PretrainingDataset(str(data_dir))
@@ -64,8 +65,7 @@ def main() -> None:
     for step in range(args.steps):
         if step == warm:
             t = time.perf_counter()
-        batch = next(loader)
-        batch.pop("real_tokens")
+        batch = {k: v for k, v in next(loader).items() if k not in ("plan", *COUNTS)}  # the model's inputs
         model(**batch).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -7,6 +7,7 @@ import sys
 
 from preprocess.cli import parser
 from preprocess.documents import document_source
+from preprocess.packing import estimate
 from preprocess.reader import DatasetError, PretrainingDataset
 
 LEGEND = ("legend: A and B are the two segments; [CLS] and [SEP] frame them. A masked position shows what the "
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verify", default="size", choices=["none", "size", "checksum"],
                    help="size: shard sizes, schemas and row counts; checksum: also every shard's sha256 and "
                    "every row's checksum and ranges")
+    p.add_argument("--global-batch", type=int, default=256,
+                   help="sequences packed together in the packing estimate (the trainer packs each global batch)")
+    p.add_argument("--max-per-row", type=int, default=3, help="sequences per packed row at most, in the estimate")
     args = p.parse_args(argv)
     try:
         ds = PretrainingDataset(args.path, args.split, verify=args.verify)
@@ -69,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     step = max(1, len(hist) // 8)
     buckets = [f"{i}-{min(i + step, len(hist)) - 1}:{sum(hist[i:i + step])}" for i in range(0, len(hist), step)]
     print("length histogram: " + " ".join(buckets))
+    est = estimate(ds.lengths(), info.max_seq_length, args.global_batch, args.max_per_row)
+    print(f"padding: {est['padding_share']:.1%} of the positions of rows padded to {info.max_seq_length}; packed "
+          f"(data.packing, global batches of {args.global_batch}, at most {args.max_per_row} per row): "
+          f"{est['packed_padding_share']:.1%}, {est['sequences_per_row']:.2f} sequences per row (as many times "
+          "fewer rows)")
     print("documents: " + ", ".join(f"{k} {v}" for k, v in info.documents.items()))
     tokens = info.tokens()
     print(LEGEND)

@@ -42,10 +42,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from preprocess.masking import MaskingParams, mask_batch, num_to_predict
+from preprocess.packing import pack
 from preprocess.reader import PretrainingDataset, original_ids
 from preprocess.rng import mix
 from preprocess.tokenization import mask_vocab_of
-from pretrain.packing import pack
 
 IGNORE_INDEX = -100
 

@@ -50,7 +50,8 @@ def test_cli_runs_on_all_cores_and_inspect_decodes_rows(corpus_dir, vocab_file, 
     ds = PretrainingDataset(str(out), verify="checksum")
     assert len(ds) == manifest["splits"]["train"]["rows"]
     shown = cli("preprocess", "inspect", str(out), "--samples", "4").stdout
-    for needle in ("[CLS]", "[SEP]", "[MASK]/", "length histogram", "A: ", "B: ", "masked ", "legend: "):
+    for needle in ("[CLS]", "[SEP]", "[MASK]/", "length histogram", "A: ", "B: ", "masked ", "legend: ",
+                   "padding: ", "packed (data.packing"):
         assert needle in shown
     assert "IsNext" in shown or "NotNext" in shown
 

@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from pretrain.data import BatchPlan, Collator, Layout, StepSampler, unpacked
-from pretrain.packing import pack
 
 
 def take(sampler, n):
@@ -82,23 +81,6 @@ def test_collator_packs_each_sequence_as_its_own_bert_input():
     assert batch["next_sentence_label"].tolist() == [[0, 1, -100], [1, -100, -100], [-100] * 3]
     assert (batch["capacity"], batch["rows_used"], batch["sequences"]) == (30, 2, 3)
     assert batch["attention_pairs"] == 36 + 16 + 25 and batch["predictions"] == 4
-
-
-def test_packing_fills_rows_best_fit_decreasing():
-    rows = pack(np.array([5, 9, 3, 7, 2, 1]), capacity=10, max_per_row=3)
-    assert rows == [[1, 5], [3, 2], [0, 4]]  # 9+1, 7+3, 5+2
-    assert pack(np.array([4, 4, 4, 4]), 12, 2) == [[0, 1], [2, 3]]  # at most max_per_row
-    with pytest.raises(ValueError, match="sequence 1 has 11 tokens"):
-        pack(np.array([3, 11]), 10, 3)
-
-
-def test_packing_is_complete_within_bounds_and_efficient():
-    rng = np.random.default_rng(0)
-    lengths = np.where(rng.random(2000) < 0.4, 128, rng.integers(8, 128, 2000))
-    rows = pack(lengths, 128, 3)
-    assert sorted(i for r in rows for i in r) == list(range(2000))
-    assert all(len(r) <= 3 and lengths[r].sum() <= 128 for r in rows)
-    assert lengths.sum() / (len(rows) * 128) > 0.97
 
 
 def packed_plan(world, rank, micro=4):

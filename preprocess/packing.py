@@ -1,7 +1,8 @@
 """Packing sequences into rows: which sequences share a row of ``max_seq_length`` tokens.
 
-Plain functions on lengths; :mod:`pretrain.data` applies them to each global batch and
-:mod:`pretrain.attention` keeps the packed sequences apart.
+Plain functions on lengths. The trainer's loader (:mod:`pretrain.data`) packs each global
+batch with them, and :mod:`pretrain.attention` keeps the packed sequences apart;
+``python -m preprocess inspect`` uses them to show what packing would give a dataset.
 
 The algorithm is **best-fit decreasing** with at most ``max_per_row`` sequences per row
 (MLPerf's BERT packs at most 3): sequences are taken longest first (ties in their order in
@@ -54,3 +55,25 @@ def pack(lengths: np.ndarray, capacity: int, max_per_row: int) -> list[list[int]
 def efficiency(lengths: np.ndarray, rows: int, capacity: int) -> float:
     """Real tokens over the capacity of ``rows`` rows."""
     return float(np.sum(lengths)) / max(1, rows * capacity)
+
+
+def estimate(lengths: np.ndarray, capacity: int, global_batch: int, max_per_row: int, seed: int = 0,
+             max_batches: int = 200) -> dict[str, float]:
+    """What packing would give a split: global batches of ``global_batch`` rows in a seeded random
+    order (at most ``max_batches`` of them), each packed as the trainer's loader packs it.
+
+    ``padding_share``: padding in rows padded to ``capacity`` (one sequence per row);
+    ``packed_padding_share``: padding left in packed rows; ``sequences_per_row``: also rows
+    padded / rows packed, what packing divides the dense work by at the same batch of sequences.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    batches = [order[i : i + global_batch] for i in range(0, len(order), global_batch)][:max_batches]
+    rows = sum(len(pack(lengths[b], capacity, max_per_row)) for b in batches)
+    sequences = sum(len(b) for b in batches)
+    real = float(sum(lengths[b].sum() for b in batches))
+    return {
+        "padding_share": 1 - real / max(1, sequences * capacity),
+        "packed_padding_share": 1 - real / max(1, rows * capacity),
+        "sequences_per_row": sequences / max(1, rows),
+    }
