@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     step = max(1, len(hist) // 8)
     buckets = [f"{i}-{min(i + step, len(hist)) - 1}:{sum(hist[i:i + step])}" for i in range(0, len(hist), step)]
     print("length histogram: " + " ".join(buckets))
-    est = estimate(ds.lengths(), info.max_seq_length, args.global_batch, args.max_per_row)
+    est = estimate(ds.lengths(), info.max_seq_length, args.global_batch, args.max_per_row, ds.prediction_counts(),
+                   info.max_predictions_per_seq)
     print(f"padding: {est['padding_share']:.1%} of the positions of rows padded to {info.max_seq_length}; packed "
           f"(data.packing, global batches of {args.global_batch}, at most {args.max_per_row} per row): "
           f"{est['packed_padding_share']:.1%}, {est['sequences_per_row']:.2f} sequences per row (as many times "

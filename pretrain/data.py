@@ -62,6 +62,7 @@ class BatchPlan:
     packing: bool = False
     capacity: int = 0  # tokens per packed row (the dataset's max_seq_length)
     max_per_row: int = 3  # sequences per packed row at most
+    max_predictions: int = 0  # masked positions per packed row at most (the dataset's max_predictions_per_seq)
 
     @property
     def accumulation(self) -> int:
@@ -105,6 +106,8 @@ class StepSampler:
             raise ValueError(f"{plan.rows} rows cannot fill one global batch of {plan.global_batch}")
         if (plan.bucket_window or plan.packing) and lengths is None:
             raise ValueError("length bucketing and packing need the rows' lengths")
+        if plan.packing and predictions is None:
+            raise ValueError("packing needs the rows' masked positions")
         self.plan = plan
         self.start_step = start_step
         self.lengths = lengths
@@ -133,7 +136,8 @@ class StepSampler:
         p = self.plan
         masked = int(self.predictions[rows].sum()) if self.predictions is not None else 0
         if p.packing:
-            units = [[int(rows[i]) for i in unit] for unit in pack(self.lengths[rows], p.capacity, p.max_per_row)]
+            packed = pack(self.lengths[rows], p.capacity, p.max_per_row, self.predictions[rows], p.max_predictions)
+            units = [[int(rows[i]) for i in unit] for unit in packed]
         else:
             units = [[int(i)] for i in rows]
         micro_batches = math.ceil(len(units) / p.micro_batch)  # the step's, over all ranks
@@ -218,7 +222,7 @@ class Layout:
     """How the collator lays sequences out: one per row (padded to the longest), or packed."""
 
     pad_id: int
-    max_predictions: int  # per sequence
+    max_predictions: int  # prediction slots per row (packed rows share theirs)
     rows: int = 0  # packed: rows per micro-batch (fixed shape); 0: one sequence per row
     capacity: int = 0  # packed: tokens per row
     max_per_row: int = 1
@@ -229,7 +233,8 @@ class Collator:
 
     Every sequence keeps exactly its BERT input wherever it lies: tokens and token types at an
     offset in its row, position ids from 0, masked positions shifted with it, its own [CLS]
-    (``cls_positions``) and NSP label. ``sequence_ids`` (B, S) number the sequences of a row
+    (``cls_positions``) and NSP label. A row's prediction slots (``max_predictions``) are shared by
+    its sequences, in order (packing keeps their sum within it). ``sequence_ids`` (B, S) number the sequences of a row
     from 1 (0: padding) and ``cu_seqlens`` (B*(K+1)+1,) int32 are the boundaries of every
     sequence and every row's padding in the flattened B*S tokens, padded with zero-length
     entries to a fixed size (what :mod:`pretrain.attention` needs to keep sequences apart). A
@@ -257,25 +262,27 @@ class Collator:
         types = np.zeros((b, s), dtype=np.int64)
         position_ids = np.zeros((b, s), dtype=np.int64)
         sequence_ids = np.zeros((b, s), dtype=np.int64)
-        positions = np.zeros((b, k * p), dtype=np.int64)
-        labels = np.full((b, k * p), IGNORE_INDEX, dtype=np.int64)
+        positions = np.zeros((b, p), dtype=np.int64)
+        labels = np.full((b, p), IGNORE_INDEX, dtype=np.int64)
         cls = np.zeros((b, k), dtype=np.int64)
         nsp = np.full((b, k), IGNORE_INDEX, dtype=np.int64)
         fill = np.zeros(b, dtype=np.int64)  # tokens placed in each row so far
+        filled = np.zeros(b, dtype=np.int64)  # prediction slots used in each row so far
         chunks: list[list[int]] = [[] for _ in range(b)]  # each row's sequence lengths, then its padding
         for r, slot, n in zip(rows, plan.slots, lengths):
-            at, j = int(fill[slot]), len(chunks[slot])
+            at, j, q = int(fill[slot]), len(chunks[slot]), int(filled[slot])
             m = len(r["masked_lm_positions"])
-            if at + n > s or j >= k or m > p:
+            if at + n > s or j >= k or q + m > p:
                 raise ValueError(f"micro-batch of step {plan.step}: row {slot} cannot hold its sequences")
             ids[slot, at : at + n] = r["input_ids"]
             types[slot, at : at + n] = r["token_type_ids"]
             position_ids[slot, at : at + n] = np.arange(n)
             sequence_ids[slot, at : at + n] = j + 1
-            positions[slot, j * p : j * p + m] = np.asarray(r["masked_lm_positions"], dtype=np.int64) + at
-            labels[slot, j * p : j * p + m] = r["masked_lm_labels"]
+            positions[slot, q : q + m] = np.asarray(r["masked_lm_positions"], dtype=np.int64) + at
+            labels[slot, q : q + m] = r["masked_lm_labels"]
             cls[slot, j], nsp[slot, j] = at, r["next_sentence_label"]
             fill[slot] += n
+            filled[slot] += m
             chunks[slot].append(n)
         full = not packed and min(lengths) == s
         cu = None

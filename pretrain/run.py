@@ -72,7 +72,7 @@ def train(cfg: TrainConfig, world: World) -> dict:
                  went_back + 1)
     plan = BatchPlan(len(data), cfg.deepspeed.global_batch_size, cfg.data.micro_batch_size, world.size,
                      world.rank, cfg.data.seed, cfg.data.length_bucketing, cfg.data.packing, info.max_seq_length,
-                     cfg.data.max_sequences_per_row)
+                     cfg.data.max_sequences_per_row, info.max_predictions_per_seq)
     pinned = torch.device(engine.device).type == "cuda"  # batches copied to the GPU without blocking
     batches = iter(make_loader(data, plan, state["step"], cfg.data.num_workers, cfg.data.dynamic_masking, pinned))
     evaluator = None

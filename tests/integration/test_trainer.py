@@ -181,7 +181,7 @@ def test_the_training_step_asks_the_host_for_nothing(dataset, tmp_path, optimize
     # train (logging, checkpointing and the stop check left out: they read the host on purpose)
     proc = subprocess.run([sys.executable, "-m", "bench.host_syncs", *command(
         dataset, tmp_path / "run", "optim.total_steps=12", "logging.every_steps=6", "eval.every_steps=0",
-        f"optim.name={optimizer}")[3:]], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+        f"optim.name={optimizer}", "data.packing=true")[3:]], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["steps"] == 12

@@ -31,3 +31,11 @@ def test_estimate_reports_padding_before_and_after_packing():
     assert est["padding_share"] == pytest.approx(1 - (50 * 64 + 150 * 20) / (200 * 64))
     assert est["sequences_per_row"] == pytest.approx(200 / 100)  # 50 full rows + 50 rows of three
     assert est["packed_padding_share"] == pytest.approx(1 - (50 * 64 + 150 * 20) / (100 * 64))
+
+
+def test_a_row_holds_no_more_masked_positions_than_its_slots():
+    lengths, predictions = np.array([30, 20, 10]), np.array([4, 4, 3])
+    assert pack(lengths, 64, 3) == [[0, 1, 2]]
+    assert pack(lengths, 64, 3, predictions, prediction_capacity=8) == [[0, 1], [2]]  # 4 + 4, then 3 opens a row
+    with pytest.raises(ValueError, match="sequence 2 has 3 masked positions: rows hold 2"):
+        pack(lengths, 64, 3, np.array([1, 1, 3]), prediction_capacity=2)
