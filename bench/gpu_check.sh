@@ -3,7 +3,8 @@
 # beforehand where the package index is reachable, for the .wheels/ and .gpu-data/ it expects):
 #   1. installs what the image lacks from .wheels/ into .gpu-env/ (no index, no dependencies pulled);
 #   2. runs the GPU tests (tests/gpu: bf16, ZeRO-1/2, LAMB/AdamW, evaluation, checkpoint, resume,
-#      export; the host synchronisations left in the step, CUDA's sync-debug warnings included);
+#      export; the host synchronisations left in the step, CUDA's sync-debug warnings included; the
+#      varlen FlashAttention kernel against block-diagonal SDPA, with and without dropout; packed rows);
 #   3. measures: bench.host_syncs on the GPU, then bench.model_speed --gpu (our model against
 #      transformers', eager and compiled).
 # Reports go to $OUT (default gpu-check/). Meant to finish in under 10 minutes on one H100/H200.
