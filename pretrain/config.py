@@ -32,6 +32,11 @@ class ModelSection(_Section):
     size: Literal["tiny", "mini", "small", "base", "large"] = "tiny"
     init_from: str | None = None  # a Hugging Face-format directory (phase 2 starts from phase 1's export)
     activation_checkpointing: int = Field(0, ge=0, description="0 off, 1 every layer, k every k-th layer")
+    compile: bool = Field(False, description="torch.compile the model (DeepSpeed's engine.compile); the first "
+                          "step of a process compiles and is left out of throughput and ETA")
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+        "inductor", description="torch.compile's backend: inductor generates fused kernels; aot_eager and eager "
+        "only trace (for checking a model compiles)")
     hidden_dropout_prob: float = Field(0.1, ge=0, lt=1)
     attention_probs_dropout_prob: float = Field(0.1, ge=0, lt=1)
 

@@ -65,6 +65,11 @@ def train(cfg: TrainConfig, world: World) -> dict:
         state = checkpoints.load(engine, resume)
         log.info("resumed from step %d%s", state["step"],
                  f" (written by {resume.written_by}, loaded as universal)" if resume.universal else "")
+    if cfg.model.compile:
+        engine.compile(backend=cfg.model.compile_backend)  # in place (nn.Module.compile): parameter names unchanged
+        if engine.is_compiled:
+            log.info("model compiled with torch.compile (backend %s): the first step compiles it",
+                     cfg.model.compile_backend)
     went_back = run.supersede_metrics(state["step"]) if world.rank == 0 else None
     if went_back is not None:
         log.info("steps %d to %d are trained again: their earlier records moved to %s; wandb keeps its own "

@@ -89,7 +89,7 @@ class Trainer:
     def train(self, state: dict) -> dict:
         """Train from ``state`` (step, samples) to ``loop.last_step``; the final state."""
         loop = self.loop
-        step = state["step"]
+        step = state_at_start = state["step"]
         interval = Interval()
         while step < loop.last_step:
             logging_step = (step + 1) % loop.log_every == 0 or step + 1 == loop.last_step
@@ -99,6 +99,8 @@ class Trainer:
             state = {"step": step, "samples": state["samples"] + loop.global_batch}
             self._track_finite(sums[0] + sums[1], step)
             interval.add(counts, waited)
+            if step == state_at_start + 1 and not logging_step:
+                interval = Interval()  # the process's first step (compilation, lazy set-up) is not throughput
             if logging_step:
                 self.log(step, sums, interval, state)
                 interval = Interval()

@@ -91,15 +91,19 @@ def test_the_training_step_asks_the_host_for_nothing_on_a_gpu(tmp_path):
 
 
 def test_packed_rows_train_as_the_same_sequences_unpadded_on_a_gpu(tmp_path):
-    """FlashAttention's varlen kernel on packed rows and on padded rows: without dropout, the same
-    global batches give the same losses (to bf16's precision), and packing fills the rows."""
+    """FlashAttention's varlen kernel on packed rows and on padded rows, eager and compiled: without
+    dropout, the same global batches give the same losses (to bf16's precision)."""
     common = ("model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0", "eval.every_steps=0",
               "optim.total_steps=10", "deepspeed.zero_stage=1")
     train(tmp_path / "padded", *common)
     train(tmp_path / "packed", *common, "data.packing=true", "data.micro_batch_size=16")
-    padded, packed = losses(tmp_path / "padded"), losses(tmp_path / "packed")
+    # compiled by inductor (fused kernels; the varlen attention op inside the graph)
+    proc = train(tmp_path / "compiled", *common, "data.packing=true", "data.micro_batch_size=16", "model.compile=true")
+    assert "model compiled with torch.compile (backend inductor)" in proc.stderr
+    padded, packed, compiled = (losses(tmp_path / d) for d in ("padded", "packed", "compiled"))
     for step in padded:
         assert packed[step] == pytest.approx(padded[step], rel=2e-2), step
+        assert compiled[step] == pytest.approx(packed[step], rel=2e-2), step
     logged = [r for r in records(tmp_path / "packed") if "loss" in r]
     assert all(r["sequences_per_row"] >= 1 for r in logged)
     print({k: logged[-1][k] for k in ("tokens_per_s", "packing_efficiency", "sequences_per_row")})

@@ -116,6 +116,23 @@ def test_a_checkpoint_resumes_at_another_world_size_and_zero_stage_with_the_same
     assert straight[6] < straight[1]
 
 
+def test_a_compiled_model_trains_and_resumes_exactly(dataset, tmp_path, uninterrupted):
+    """model.compile through DeepSpeed's engine.compile: parameter names (so checkpoints) unchanged, dropout
+    still keyed by step and place. aot_eager traces and compiles the graphs without generating kernels (what
+    inductor adds costs ~40 s of CPU per process; the GPU tests run inductor), so the losses equal eager's."""
+    run = tmp_path / "run"
+    compiled = (*SHAPE_COMMON, "optim.name=adamw", "deepspeed.zero_stage=1", "model.compile=true",
+                "model.compile_backend=aot_eager")
+    train(dataset, run, *compiled, "stop_at_step=3")
+    proc = train(dataset, run, *compiled)
+    assert "resumed from step 3" in proc.stderr
+    assert "model compiled with torch.compile (backend aot_eager)" in proc.stderr
+    straight, resumed = uninterrupted("adamw"), losses(run)
+    assert sorted(resumed) == list(range(1, 7))
+    for step in straight:
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5), step
+
+
 def test_a_zero_0_checkpoint_resumes_at_any_world_size_and_no_other_stage(dataset, tmp_path):
     run = tmp_path / "run"
     common = ("optim.total_steps=4", "checkpoint.every_steps=2", "eval.every_steps=0")
