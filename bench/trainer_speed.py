@@ -14,7 +14,8 @@ datasets made by the preprocess job at seq 128 and 512, for AdamW and LAMB, padd
 attention dropout 0.1 and 0, eager and compiled; each run's steady-state real tokens/s,
 sequences/s, TFLOP/s and MFU (real work only, :func:`pretrain.model_config.training_flops`),
 data wait and peak memory, from its own ``metrics.jsonl`` (the first third of the steps left
-out). Printed as a table and written as JSON.
+out); and the bare compiled loop (:func:`bare_loop`: the model and torch's fused AdamW alone) on
+the same batches, for the trainer's overhead. Printed as a table and written as JSON.
 """
 
 from __future__ import annotations
@@ -33,6 +34,58 @@ import torch
 from pretrain.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def bare_loop(data_dir: Path, size: str, micro: int, steps: int, warm: int, device: str = "cpu", compile: bool = False,
+              packing: bool = False, peak_tflops: float = 0.0) -> dict[str, float]:
+    """The model alone on the trainer's batches: our loader (same rows, same order, seed 1234), the model
+    (autocast bf16 and compiled where asked), torch's AdamW (fused on GPU), one optimizer step a micro-batch.
+    Steady-state rates after ``warm`` steps, FLOPs on real work as the trainer counts them."""
+    from preprocess.reader import PretrainingDataset
+    from pretrain.data import BatchPlan, make_loader
+    from pretrain.metrics import COUNTS
+    from pretrain.model import BertConfig, build_model
+    from pretrain.model_config import training_flops
+
+    data = PretrainingDataset(str(data_dir))
+    torch.manual_seed(0)
+    model = build_model(BertConfig.for_dataset(size, data.info), device=device)
+    if compile:
+        model.compile()
+    cuda = device.startswith("cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, **({"fused": True} if cuda else {}))
+    plan = BatchPlan(len(data), micro, micro, 1, 0, 1234, packing=packing, capacity=data.info.max_seq_length,
+                     max_predictions=data.info.max_predictions_per_seq)
+    loader = iter(make_loader(data, plan, 0, num_workers=4 if cuda else 2, pin_memory=cuda))
+    sequences = flops = tokens = 0
+    for step in range(steps):
+        if step == warm:
+            if cuda:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            sequences = flops = tokens = 0
+        batch = next(loader)
+        counts = {k: batch.pop(k) for k in COUNTS}
+        batch.pop("plan")
+        batch = {k: (v.to(device, non_blocking=True) if v is not None else None) for k, v in batch.items()}
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sequences += counts["sequences"]
+        tokens += counts["real_tokens"]
+        flops += training_flops(model.config, counts["real_tokens"], counts["attention_pairs"], counts["predictions"])
+    if cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t
+    out = {"samples_per_s": sequences / elapsed, "tokens_per_s": tokens / elapsed,
+           "tflops_per_device": flops / elapsed / 1e12}
+    out["mfu"] = out["tflops_per_device"] / peak_tflops if peak_tflops else 0.0
+    if cuda:
+        out["memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
 
 
 # The GPU matrix: name -> (sequence length, overrides). Micro-batches fill an 80 GB card without
@@ -83,6 +136,18 @@ def gpu_matrix(args) -> None:
               f"{r['tflops_per_device']:6.1f} TFLOP/s MFU {r['mfu']:6.1%} wait {r['data_wait_share']:5.1%} "
               f"rows {r['packing_efficiency']:6.1%} full, {r['sequences_per_row']:.2f} seq/row, "
               f"{r['memory_gb']:.1f} GB", flush=True)
+    for seq, micro, data in ((128, 128, args.data128), (512, 32, args.data512)):
+        name = f"seq{seq} bare loop, compiled, AdamW, padded"
+        if args.runs and not any(r in name for r in args.runs):
+            continue
+        try:  # the trainer runs' batches: same rows, same order, same micro-batch
+            results[name] = r = bare_loop(data, args.size, micro, args.steps, args.steps // 3, "cuda", compile=True,
+                                          peak_tflops=args.peak_tflops)
+            print(f"{name:42} {r['tokens_per_s']:10.0f} tok/s {r['samples_per_s']:8.1f} seq/s "
+                  f"{r['tflops_per_device']:6.1f} TFLOP/s MFU {r['mfu']:6.1%} {r.get('memory_gb', 0):.1f} GB", flush=True)
+        except Exception as e:  # noqa: BLE001 (one failed measurement must not lose the others)
+            results[name] = {"error": repr(e)}
+            print(f"{name}: failed: {e!r}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name() if torch.cuda.is_available()
                                                else "cpu", "steps": args.steps, "size": args.size,
@@ -125,25 +190,10 @@ def main() -> None:
 
     from preprocess.reader import PretrainingDataset
     from pretrain.data import BatchPlan, make_loader
-    from pretrain.metrics import COUNTS
-    from pretrain.model import BertConfig, build_model
 
+    plain = bare_loop(data_dir, args.size, args.micro_batch, args.steps, warm)["samples_per_s"]
     data = PretrainingDataset(str(data_dir))
-    torch.manual_seed(0)
-    model = build_model(BertConfig.for_dataset(args.size, data.info))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     plan = BatchPlan(len(data), args.micro_batch, args.micro_batch, 1, 0, 1234)
-    loader = iter(make_loader(data, plan, 0, num_workers=2))
-    for step in range(args.steps):
-        if step == warm:
-            t = time.perf_counter()
-        batch = {k: v for k, v in next(loader).items() if k not in ("plan", *COUNTS)}  # the model's inputs
-        model(**batch).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    plain = (args.steps - warm) * args.micro_batch / (time.perf_counter() - t)
-
     loader = iter(make_loader(data, plan, 0, num_workers=2))
     next(loader)
     t = time.perf_counter()
