@@ -19,6 +19,7 @@ python3 -m pip install -q --no-index --no-deps --find-links .wheels --target .gp
     2>&1 | tail -n 3
 export PYTHONPATH="$PWD/.gpu-env:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PRETRAIN_GPU_DATA="$PWD/.gpu-data/data"
+export PRETRAIN_GPU_DATA512="$PWD/.gpu-data/data512"
 python3 -c 'import torch, deepspeed, pydantic; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "deepspeed", deepspeed.__version__, "pydantic", pydantic.__version__)' | tee "$OUT/versions.txt"
 status=0

@@ -107,3 +107,31 @@ def test_packed_rows_train_as_the_same_sequences_unpadded_on_a_gpu(tmp_path):
     logged = [r for r in records(tmp_path / "packed") if "loss" in r]
     assert all(r["sequences_per_row"] >= 1 for r in logged)
     print({k: logged[-1][k] for k in ("tokens_per_s", "packing_efficiency", "sequences_per_row")})
+
+
+DATA512 = os.environ.get("PRETRAIN_GPU_DATA512")
+
+
+@pytest.mark.parametrize("recipe", ["configs/bert-large-phase1.yaml", "configs/bert-large-phase2.yaml"])
+def test_the_bert_large_recipes_micro_batch_fits_an_80_gb_card(tmp_path, recipe):
+    """The recipe as written (BERT-Large, bf16, LAMB, ZeRO-1, its micro-batch and checkpointing) under an 80 GB
+    cap on this card (torch.cuda.set_per_process_memory_fraction), one micro-batch a step."""
+    from pretrain.config import load_config
+
+    cfg = load_config(recipe)
+    data = DATA if "phase1" in recipe else DATA512
+    if not data:
+        pytest.skip("set PRETRAIN_GPU_DATA512 to a seq-512 dataset")
+    cap = 80 * 2**30 / torch.cuda.get_device_properties(0).total_memory
+    wrapper = ("import runpy, sys, torch; torch.cuda.set_per_process_memory_fraction(float(sys.argv.pop(1))); "
+               "sys.argv[0] = 'pretrain'; runpy.run_module('pretrain', run_name='__main__', alter_sys=True)")
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper, str(min(1.0, cap)), "--config", recipe, f"data.path={data}",
+         f"run_dir={tmp_path / 'run'}", "model.init_from=null", "optim.total_steps=4", "optim.warmup_steps=1",
+         f"deepspeed.global_batch_size={cfg.data.micro_batch_size}", "eval.every_steps=0", "logging.every_steps=1",
+         "checkpoint.every_steps=100", "logging.wandb=disabled", "data.num_workers=2"],
+        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    peak = max(r["memory_gb"] for r in records(tmp_path / "run") if "loss" in r)
+    print(f"{recipe}: micro-batch {cfg.data.micro_batch_size}, peak {peak:.1f} GiB under the 80 GB cap")
+    assert peak < 80 * 0.93  # headroom

@@ -80,8 +80,8 @@ def test_a_run_moved_to_another_world_size_is_told_the_micro_batches_that_fit():
         check_against(off, MANIFEST, world_size=1)
 
 
-@pytest.mark.parametrize("recipe,micro,accumulation", [("configs/bert-large-phase1.yaml", 64, 2),
-                                                        ("configs/bert-large-phase2.yaml", 16, 4)])
+@pytest.mark.parametrize("recipe,micro,accumulation", [("configs/bert-large-phase1.yaml", 128, 1),
+                                                        ("configs/bert-large-phase2.yaml", 32, 2)])
 def test_bert_large_recipes_fit_64_nodes_of_8_gpus(recipe, micro, accumulation):
     cfg = load_config(recipe)
     assert cfg.model.size == "large" and cfg.optim.name == "lamb" and cfg.deepspeed.precision == "bf16"
