@@ -7,8 +7,9 @@ builds them from the configuration.
 Everything random in a step is a function of the seed, the step and the micro-batch's
 place in the global batch, never of the rank: the data order and packing (:mod:`pretrain.data`:
 rank ``r`` of ``W`` takes micro-batches ``r*A .. r*A+A-1`` of the step's ``W*A``, ``A`` planned
-by the loader per step) and the dropout masks (the torch generator is re-seeded for each micro-batch by its place). So a
-run resumed from a checkpoint repeats exactly the losses of an uninterrupted run, the
+by the loader per step) and the dropout masks (the torch generator is re-seeded for each
+micro-batch by its place). So a run resumed from a checkpoint repeats exactly the losses of an
+uninterrupted run, the
 same global batch gives the same losses at any world size (up to the order of the
 gradient sums), and nothing in the loop needs to skip through data.
 
