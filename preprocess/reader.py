@@ -157,17 +157,18 @@ class PretrainingDataset:
     def __len__(self) -> int:
         return int(self._starts[-1])
 
-    def lengths(self) -> np.ndarray:
-        """(rows,) token count of every row, from the offsets alone (no row is read)."""
+    def lengths(self, dtype: type = np.int64) -> np.ndarray:
+        """(rows,) token count of every row, from the offsets alone (no row is read); ``dtype``: e.g.
+        uint16 to hold a hundred million rows in 200 MB."""
         if not self._batches:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate([np.diff(b.input_offsets).astype(np.int64) for b in self._batches])
+            return np.zeros(0, dtype=dtype)
+        return np.concatenate([np.diff(b.input_offsets).astype(dtype) for b in self._batches])
 
-    def prediction_counts(self) -> np.ndarray:
+    def prediction_counts(self, dtype: type = np.int64) -> np.ndarray:
         """(rows,) masked positions of every row, from the offsets alone (no row is read)."""
         if not self._batches:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate([np.diff(b.label_offsets).astype(np.int64) for b in self._batches])
+            return np.zeros(0, dtype=dtype)
+        return np.concatenate([np.diff(b.label_offsets).astype(dtype) for b in self._batches])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One row: ``input_ids``, ``token_type_ids``, ``masked_lm_positions``,

@@ -139,18 +139,22 @@ class StepSampler:
             packed = pack(self.lengths[rows], p.capacity, p.max_per_row, self.predictions[rows], p.max_predictions)
             units = [[int(rows[i]) for i in unit] for unit in packed]
         else:
-            units = [[int(i)] for i in rows]
-        micro_batches = math.ceil(len(units) / p.micro_batch)  # the step's, over all ranks
+            units = None  # one sequence a row: row k of the step is rows[k]
+        n_units = len(units) if units is not None else len(rows)
+        micro_batches = math.ceil(n_units / p.micro_batch)  # the step's, over all ranks
         count = math.ceil(micro_batches / p.world_size)
         out = []
         for a in range(count):
             place = p.rank * count + a
-            mine = units[place * p.micro_batch : (place + 1) * p.micro_batch]
-            out.append(MicroBatch(
-                rows=tuple((i, epoch) for unit in mine for i in unit),
-                slots=tuple(s for s, unit in enumerate(mine) for _ in unit),
-                step=step, place=place, index=a, count=count, masked_tokens=masked, sequences=len(rows),
-            ))
+            lo, hi = place * p.micro_batch, (place + 1) * p.micro_batch
+            if units is None:
+                mine = rows[lo:hi].tolist()
+                seqs, slots = tuple((i, epoch) for i in mine), tuple(range(len(mine)))
+            else:
+                seqs = tuple((i, epoch) for unit in units[lo:hi] for i in unit)
+                slots = tuple(s for s, unit in enumerate(units[lo:hi]) for _ in unit)
+            out.append(MicroBatch(rows=seqs, slots=slots, step=step, place=place, index=a, count=count,
+                                  masked_tokens=masked, sequences=len(rows)))
         return out
 
     def __iter__(self) -> Iterator[MicroBatch]:
@@ -326,8 +330,8 @@ def predictions_per_row(data: PretrainingDataset, dynamic_masking: bool) -> np.n
     """(rows,) masked positions of every row: stored (static masking), or the budget dynamic masking draws
     (:func:`preprocess.masking.num_to_predict`: exact without whole-word masking, an upper bound with it)."""
     if dynamic_masking:
-        return num_to_predict(data.lengths(), data.info.masking).astype(np.uint16)
-    return data.prediction_counts().astype(np.uint16)
+        return num_to_predict(data.lengths(np.int32), data.info.masking).astype(np.uint16)
+    return data.prediction_counts(np.uint16)
 
 
 def make_loader(
@@ -337,7 +341,7 @@ def make_loader(
     """The rank's micro-batches from global step ``start_step`` on (see :class:`StepSampler`);
     ``pin_memory`` (on GPU): batches in page-locked memory, so their copies to the device do not block."""
     remasker = Remasker(data.info.tokens(), data.info.masking, plan.seed) if dynamic_masking else None
-    lengths = data.lengths().astype(np.uint16) if plan.bucket_window or plan.packing else None
+    lengths = data.lengths(np.uint16) if plan.bucket_window or plan.packing else None
     sampler = StepSampler(plan, start_step, lengths, predictions_per_row(data, dynamic_masking))
     return DataLoader(
         RowDataset(data),
