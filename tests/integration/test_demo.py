@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_runs_the_whole_pipeline(tmp_path):
     pytest.importorskip("transformers")
-    proc = subprocess.run([sys.executable, "-m", "pretrain.demo", "--output", str(tmp_path / "demo"), "--steps", "150"],
+    proc = subprocess.run([sys.executable, "-m", "pretrain.demo", "--output", str(tmp_path / "demo"), "--steps", "250"],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -24,10 +24,13 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     line = next(x for x in out.splitlines() if x.startswith("loss "))
     first, last = (float(v) for v in line.split(";")[0].removeprefix("loss ").split(" -> "))
     accuracy = [float(v) for v in re.findall(r"(\d+\.\d)%", line.split("held-out MLM accuracy ")[1])[:2]]
-    # visibly learning in 150 steps (measured: loss 6.75 -> 6.03, held-out MLM accuracy 5.2% -> 12.7%; the
-    # vocabulary the demo trains differs from run to run, see preprocess/vocab.py)
-    assert last < first - 0.3, line
-    assert accuracy[1] > accuracy[0] + 3, line
+    # visibly learning in 250 steps (measured, three runs: loss 6.23 -> 5.10 / 5.22 / 5.25, held-out MLM
+    # accuracy 7.0% -> 15.7% / 13.8% / 13.5%). Not fewer: the vocabulary the demo trains differs from run to
+    # run (see preprocess/vocab.py), and with some vocabularies 150 steps still sit on the plateau where the
+    # model predicts frequent tokens (measured at 150 steps: 4 runs in 6, three on this code and three on the
+    # code before the loss normaliser changed, ended at 7.0-7.2%, short of this test's margins)
+    assert last < first - 0.5, line
+    assert accuracy[1] > accuracy[0] + 4, line
     assert "Return a new [MASK] object." in out
     held_out = [x.split("] -> ") for x in out.splitlines() if x.lstrip().startswith("[") and "] -> " in x]
     guesses = [re.findall(r"(\S+) (\d\.\d\d)(?:, |$)", g) for _, g in held_out]  # "token 0.12, ..."
