@@ -39,8 +39,9 @@ class Sequences:
 
 def varlen_supported(x: torch.Tensor, head_size: int) -> bool:
     """FlashAttention's variable-length kernel: CUDA (sm80+), half precision, head size % 8 == 0 and <= 256."""
+    # get_device_properties: torch.compile folds it to a constant (no graph break)
     return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and head_size % 8 == 0 and head_size <= 256
-            and torch.cuda.get_device_capability(x.device) >= (8, 0))
+            and torch.cuda.get_device_properties(x.device).major >= 8)
 
 
 def boundary(x: torch.Tensor, head_size: int, attention_mask: torch.Tensor | None = None,

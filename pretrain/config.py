@@ -115,6 +115,14 @@ class TrainConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _compile_not_with_zero_3(self) -> TrainConfig:
+        if self.model.compile and self.deepspeed.zero_stage == 3:
+            raise ValueError("model.compile does not work with deepspeed.zero_stage 3 (ZeRO-3 gathers each "
+                             "parameter in hooks that torch.compile traces as empty tensors): use ZeRO-1 or 2, or "
+                             "model.compile=false")
+        return self
+
+    @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
         if self.optim.warmup_steps >= self.optim.total_steps:
             raise ValueError(

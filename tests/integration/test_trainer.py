@@ -100,8 +100,14 @@ def test_a_checkpoint_resumes_at_another_world_size_and_zero_stage_with_the_same
     (ranks, stage), (new_ranks, new_stage) = before, after
     train(dataset, run, *SHAPE_COMMON, f"optim.name={optimizer}", f"deepspeed.zero_stage={stage}", "stop_at_step=3",
           ranks=ranks)
+    # resumed compiled where the stage allows it (model.compile: not with ZeRO-3); aot_eager traces and compiles
+    # the graphs without generating kernels, so the losses equal eager ones (inductor costs ~40 s of CPU a
+    # process; the GPU tests run it)
+    compiled = ("model.compile=true", "model.compile_backend=aot_eager") if new_stage < 3 else ()
     proc = train(dataset, run, *SHAPE_COMMON, f"optim.name={optimizer}", f"deepspeed.zero_stage={new_stage}",
-                 ranks=new_ranks)
+                 *compiled, ranks=new_ranks)
+    if compiled:
+        assert "model compiled with torch.compile (backend aot_eager)" in proc.stderr
     rank_s = lambda n: f"{n} rank{'s' if n > 1 else ''}"  # noqa: E731
     assert (f"written by {rank_s(ranks)} at ZeRO-{stage}; this run is {rank_s(new_ranks)} at ZeRO-{new_stage}: "
             "converting it to DeepSpeed's universal format") in proc.stderr
@@ -114,23 +120,6 @@ def test_a_checkpoint_resumes_at_another_world_size_and_zero_stage_with_the_same
     for step in straight:
         assert resumed[step] == pytest.approx(straight[step], rel=1e-5), step
     assert straight[6] < straight[1]
-
-
-def test_a_compiled_model_trains_and_resumes_exactly(dataset, tmp_path, uninterrupted):
-    """model.compile through DeepSpeed's engine.compile: parameter names (so checkpoints) unchanged, dropout
-    still keyed by step and place. aot_eager traces and compiles the graphs without generating kernels (what
-    inductor adds costs ~40 s of CPU per process; the GPU tests run inductor), so the losses equal eager's."""
-    run = tmp_path / "run"
-    compiled = (*SHAPE_COMMON, "optim.name=adamw", "deepspeed.zero_stage=1", "model.compile=true",
-                "model.compile_backend=aot_eager")
-    train(dataset, run, *compiled, "stop_at_step=3")
-    proc = train(dataset, run, *compiled)
-    assert "resumed from step 3" in proc.stderr
-    assert "model compiled with torch.compile (backend aot_eager)" in proc.stderr
-    straight, resumed = uninterrupted("adamw"), losses(run)
-    assert sorted(resumed) == list(range(1, 7))
-    for step in straight:
-        assert resumed[step] == pytest.approx(straight[step], rel=1e-5), step
 
 
 def test_a_zero_0_checkpoint_resumes_at_any_world_size_and_no_other_stage(dataset, tmp_path):

@@ -24,6 +24,11 @@ def test_recipe_loads_and_overrides_are_typed(tmp_path):
     assert [cfg.accumulation_steps(world_size=w) for w in (1, 2, 3, 5)] == [6, 3, 2, 2]  # packed: at most
 
 
+def test_compile_is_refused_with_zero_3():
+    with pytest.raises(ConfigError, match="model.compile does not work with deepspeed.zero_stage 3"):
+        load_config("configs/tiny-cpu.yaml", ["model.compile=true", "deepspeed.zero_stage=3"])
+
+
 def test_packing_and_length_bucketing_are_alternatives():
     with pytest.raises(ConfigError, match="data.packing and data.length_bucketing are alternatives"):
         load_config("configs/tiny-cpu.yaml", ["data.packing=true", "data.length_bucketing=4"])
