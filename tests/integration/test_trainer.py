@@ -184,10 +184,12 @@ def evaluation(run_dir) -> dict[str, float]:
 
 def test_the_training_step_asks_the_host_for_nothing(dataset, tmp_path, optimizer="lamb"):
     # bench.host_syncs counts .item()/bool(), nonzero, boolean-mask indexing and the like while steps
-    # train (logging, checkpointing and the stop check left out: they read the host on purpose)
+    # train (logging, checkpointing and the stop check left out: they read the host on purpose); packed
+    # rows with fresh masks each epoch, the loader's busiest layout
     proc = subprocess.run([sys.executable, "-m", "bench.host_syncs", *command(
         dataset, tmp_path / "run", "optim.total_steps=12", "logging.every_steps=6", "eval.every_steps=0",
-        f"optim.name={optimizer}", "data.packing=true")[3:]], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+        f"optim.name={optimizer}", "data.packing=true", "data.dynamic_masking=true")[3:]],
+        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["steps"] == 12

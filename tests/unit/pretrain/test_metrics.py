@@ -89,3 +89,13 @@ def test_after_a_resume_went_back_wandb_gets_only_steps_it_has_not_seen(tmp_path
     m.close()
     assert sink.steps == [5, 6]  # wandb's steps stay increasing
     assert [json.loads(x)["step"] for x in RunDir(tmp_path).metrics.read_text().splitlines()] == [3, 4, 5, 6]
+
+
+def test_interval_reports_packing_efficiency_and_sequences_per_row():
+    from pretrain.metrics import Interval
+
+    interval = Interval()
+    interval.add({"real_tokens": 900, "attention_pairs": 0, "predictions": 0, "capacity": 1024, "rows_used": 2,
+                  "sequences": 5}, waited=0.0)
+    rates = interval.rates(global_batch=5, flops=lambda *counts: 0.0, world=1, peak_tflops=0.0)
+    assert rates["packing_efficiency"] == 900 / 1024 and rates["sequences_per_row"] == 2.5
