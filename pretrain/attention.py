@@ -1,6 +1,6 @@
 """The one attention boundary: which tokens attend to which, and the kernel that computes it.
 
-A batch's rows hold one sequence each (padded) or several (packed, :mod:`pretrain.packing`).
+A batch's rows hold one sequence each (padded) or several (packed, :mod:`preprocess.packing`).
 :func:`boundary` turns the batch's description into a :class:`Sequences` once per forward,
 choosing the kernel there; :func:`attention` is the only attention call in the model:
 

@@ -15,7 +15,7 @@ size), with no device-to-host read and no collective.
 Options:
 
 * **packing** (``packing``): the sequences of each global batch are packed into rows of
-  ``capacity`` tokens, at most ``max_per_row`` per row (:mod:`pretrain.packing`, best-fit
+  ``capacity`` tokens, at most ``max_per_row`` per row (:mod:`preprocess.packing`, best-fit
   decreasing over the whole global batch, in sampler order: the same on every rank and at any
   world size). ``micro_batch`` then counts rows, the global batch still counts sequences (so
   learning rates keep their meaning), and the number of micro-batches varies with the step:
@@ -92,7 +92,7 @@ class StepSampler:
     """:class:`MicroBatch` plans for one rank, step after step, from a global step on.
 
     A step's global batch (``global_batch`` sequences in sampler order) is cut into *units*:
-    single sequences, or with packing the rows of :func:`pretrain.packing.pack` over the whole
+    single sequences, or with packing the rows of :func:`preprocess.packing.pack` over the whole
     global batch. Micro-batch ``k`` of the step holds units ``k*m .. k*m+m-1``; each rank runs
     ``ceil(ceil(units / m) / world)`` micro-batches (the last ones possibly empty), rank ``r``
     those at places ``r*count ..``. So the packing and the content of every place are the same
@@ -135,26 +135,21 @@ class StepSampler:
         """This rank's micro-batches of global step ``step``, whose sequences are ``rows``."""
         p = self.plan
         masked = int(self.predictions[rows].sum()) if self.predictions is not None else 0
-        if p.packing:
-            packed = pack(self.lengths[rows], p.capacity, p.max_per_row, self.predictions[rows], p.max_predictions)
-            units = [[int(rows[i]) for i in unit] for unit in packed]
-        else:
-            units = None  # one sequence a row: row k of the step is rows[k]
-        n_units = len(units) if units is not None else len(rows)
-        micro_batches = math.ceil(n_units / p.micro_batch)  # the step's, over all ranks
-        count = math.ceil(micro_batches / p.world_size)
+        if p.packing:  # rows of several sequences
+            units = [rows[u] for u in pack(self.lengths[rows], p.capacity, p.max_per_row, self.predictions[rows],
+                                           p.max_predictions)]
+        else:  # a sequence a row
+            units = rows[:, None]
+        count = math.ceil(math.ceil(len(units) / p.micro_batch) / p.world_size)  # the same on every rank
         out = []
         for a in range(count):
             place = p.rank * count + a
-            lo, hi = place * p.micro_batch, (place + 1) * p.micro_batch
-            if units is None:
-                mine = rows[lo:hi].tolist()
-                seqs, slots = tuple((i, epoch) for i in mine), tuple(range(len(mine)))
-            else:
-                seqs = tuple((i, epoch) for unit in units[lo:hi] for i in unit)
-                slots = tuple(s for s, unit in enumerate(units[lo:hi]) for _ in unit)
-            out.append(MicroBatch(rows=seqs, slots=slots, step=step, place=place, index=a, count=count,
-                                  masked_tokens=masked, sequences=len(rows)))
+            mine = units[place * p.micro_batch : (place + 1) * p.micro_batch]
+            out.append(MicroBatch(
+                rows=tuple((int(i), epoch) for unit in mine for i in unit),
+                slots=tuple(slot for slot, unit in enumerate(mine) for _ in unit),
+                step=step, place=place, index=a, count=count, masked_tokens=masked, sequences=len(rows),
+            ))
         return out
 
     def __iter__(self) -> Iterator[MicroBatch]:
