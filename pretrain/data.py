@@ -232,9 +232,10 @@ class Collator:
 
     Every sequence keeps exactly its BERT input wherever it lies: tokens and token types at an
     offset in its row, position ids from 0, masked positions shifted with it, its own [CLS]
-    (``cls_positions``) and NSP label. A row's prediction slots (``max_predictions``) are shared by
-    its sequences, in order (packing keeps their sum within it). ``sequence_ids`` (B, S) number the sequences of a row
-    from 1 (0: padding) and ``cu_seqlens`` (B*(K+1)+1,) int32 are the boundaries of every
+    (``cls_positions``) and NSP label. A row's prediction slots (``max_predictions``) are shared
+    by its sequences, in order (packing keeps their sum within it). ``sequence_ids`` (B, S)
+    number the sequences of a row from 1 (0: padding) and ``cu_seqlens`` (B*(K+1)+1,) int32 are
+    the boundaries of every
     sequence and every row's padding in the flattened B*S tokens, padded with zero-length
     entries to a fixed size (what :mod:`pretrain.attention` needs to keep sequences apart). A
     batch of full rows of one sequence each gets neither (no mask: the fastest kernels). One
@@ -266,10 +267,10 @@ class Collator:
         cls = np.zeros((b, k), dtype=np.int64)
         nsp = np.full((b, k), IGNORE_INDEX, dtype=np.int64)
         fill = np.zeros(b, dtype=np.int64)  # tokens placed in each row so far
-        filled = np.zeros(b, dtype=np.int64)  # prediction slots used in each row so far
+        predicted = np.zeros(b, dtype=np.int64)  # prediction slots used in each row so far
         chunks: list[list[int]] = [[] for _ in range(b)]  # each row's sequence lengths, then its padding
         for r, slot, n in zip(rows, plan.slots, lengths):
-            at, j, q = int(fill[slot]), len(chunks[slot]), int(filled[slot])
+            at, j, q = int(fill[slot]), len(chunks[slot]), int(predicted[slot])
             m = len(r["masked_lm_positions"])
             if at + n > s or j >= k or q + m > p:
                 raise ValueError(f"micro-batch of step {plan.step}: row {slot} cannot hold its sequences")
@@ -281,7 +282,7 @@ class Collator:
             labels[slot, q : q + m] = r["masked_lm_labels"]
             cls[slot, j], nsp[slot, j] = at, r["next_sentence_label"]
             fill[slot] += n
-            filled[slot] += m
+            predicted[slot] += m
             chunks[slot].append(n)
         full = not packed and min(lengths) == s
         cu = None
