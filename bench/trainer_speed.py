@@ -43,7 +43,6 @@ def bare_loop(data_dir: Path, size: str, micro: int, steps: int, warm: int, devi
     Steady-state rates after ``warm`` steps, FLOPs on real work as the trainer counts them."""
     from preprocess.reader import PretrainingDataset
     from pretrain.data import BatchPlan, make_loader
-    from pretrain.metrics import COUNTS
     from pretrain.model import BertConfig, build_model
     from pretrain.model_config import training_flops
 
@@ -65,9 +64,8 @@ def bare_loop(data_dir: Path, size: str, micro: int, steps: int, warm: int, devi
             t = time.perf_counter()
             sequences = flops = tokens = 0
         batch = next(loader)
-        counts = {k: batch.pop(k) for k in COUNTS}
-        batch.pop("plan")
-        batch = {k: (v.to(device, non_blocking=True) if v is not None else None) for k, v in batch.items()}
+        counts = batch["counts"]
+        batch = {k: (v.to(device, non_blocking=True) if v is not None else None) for k, v in batch["inputs"].items()}
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
             loss = model(**batch).loss
         loss.backward()
@@ -199,7 +197,7 @@ def main() -> None:
     t = time.perf_counter()
     n = 0
     while time.perf_counter() - t < 5:
-        n += len(next(loader)["input_ids"])
+        n += next(loader)["counts"]["sequences"]
     loading = n / (time.perf_counter() - t)
 
     print(f"model {args.size}, seq 128, micro-batch {args.micro_batch}, world size 1, CPU 2 threads, "

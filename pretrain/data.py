@@ -247,7 +247,10 @@ class Collator:
         self.layout = layout
         self.remasker = remasker
 
-    def __call__(self, fetched: tuple[MicroBatch, list[dict]]) -> dict[str, torch.Tensor | int | MicroBatch | None]:
+    def __call__(self, fetched: tuple[MicroBatch, list[dict]]) -> dict:
+        """``{"inputs": the model's keyword arguments (tensors or None), "plan": the MicroBatch, "counts": host
+        ints, see pretrain.metrics.COUNTS}``: the counts are never tensors, so reading them never waits for the
+        device."""
         plan, rows = fetched
         if self.remasker is not None and rows:
             rows = self.remasker(rows)
@@ -292,7 +295,7 @@ class Collator:
             cu[1 : len(bounds) + 1] = np.cumsum(bounds)
             cu[len(bounds) + 1 :] = b * s
         t = torch.from_numpy
-        return {
+        inputs = {
             "input_ids": t(ids),
             "token_type_ids": t(types),
             "position_ids": t(position_ids) if packed else None,
@@ -302,8 +305,8 @@ class Collator:
             "masked_lm_positions": t(positions),
             "masked_lm_labels": t(labels),
             "next_sentence_label": t(nsp) if packed else t(nsp[:, 0]),
-            # host numbers for the trainer: never a tensor, so reading them never waits for the device
-            "plan": plan,
+        }
+        counts = {
             "real_tokens": sum(lengths),
             "attention_pairs": sum(n * n for n in lengths),
             "predictions": sum(len(r["masked_lm_positions"]) for r in rows),
@@ -311,6 +314,7 @@ class Collator:
             "rows_used": int(np.count_nonzero(fill)),
             "sequences": len(rows),
         }
+        return {"inputs": inputs, "plan": plan, "counts": counts}
 
 
 def collator_for(data: PretrainingDataset, plan: BatchPlan | None = None, remasker: Remasker | None = None) -> Collator:
@@ -322,11 +326,13 @@ def collator_for(data: PretrainingDataset, plan: BatchPlan | None = None, remask
     return Collator(layout, remasker)
 
 
-def predictions_per_row(data: PretrainingDataset, dynamic_masking: bool) -> np.ndarray:
+def predictions_per_row(data: PretrainingDataset, dynamic_masking: bool, lengths: np.ndarray | None = None) -> np.ndarray:
     """(rows,) masked positions of every row: stored (static masking), or the budget dynamic masking draws
-    (:func:`preprocess.masking.num_to_predict`: exact without whole-word masking, an upper bound with it)."""
+    (:func:`preprocess.masking.num_to_predict` of the rows' ``lengths``: exact without whole-word masking, an
+    upper bound with it)."""
     if dynamic_masking:
-        return num_to_predict(data.lengths(np.int32), data.info.masking).astype(np.uint16)
+        lengths = data.lengths(np.uint16) if lengths is None else lengths
+        return num_to_predict(lengths.astype(np.int32), data.info.masking).astype(np.uint16)
     return data.prediction_counts(np.uint16)
 
 
@@ -337,8 +343,10 @@ def make_loader(
     """The rank's micro-batches from global step ``start_step`` on (see :class:`StepSampler`);
     ``pin_memory`` (on GPU): batches in page-locked memory, so their copies to the device do not block."""
     remasker = Remasker(data.info.tokens(), data.info.masking, plan.seed) if dynamic_masking else None
-    lengths = data.lengths(np.uint16) if plan.bucket_window or plan.packing else None
-    sampler = StepSampler(plan, start_step, lengths, predictions_per_row(data, dynamic_masking))
+    needs_lengths = plan.bucket_window or plan.packing or dynamic_masking
+    lengths = data.lengths(np.uint16) if needs_lengths else None  # read once, from the offsets
+    predictions = predictions_per_row(data, dynamic_masking, lengths)
+    sampler = StepSampler(plan, start_step, lengths, predictions)
     return DataLoader(
         RowDataset(data),
         batch_sampler=sampler,

@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader
 
 from preprocess.reader import PretrainingDataset
 from pretrain.data import RowDataset, collator_for, unpacked
-from pretrain.metrics import COUNTS
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -43,9 +42,8 @@ class Evaluator:
         engine.eval()
         sums = torch.zeros(5, dtype=torch.float64, device=engine.device)  # mlm loss x n, mlm ok, mlm n, nsp ok, nsp n
         for weight, batch in zip(self.weights, self.loader, strict=True):
-            for k in ("plan", *COUNTS):
-                batch.pop(k)
-            batch = {k: (v.to(engine.device, non_blocking=True) if v is not None else None) for k, v in batch.items()}
+            batch = {k: (v.to(engine.device, non_blocking=True) if v is not None else None)
+                     for k, v in batch["inputs"].items()}
             out = engine(**batch)
             sums += weight * torch.stack([out.mlm_loss_sum.double(), out.mlm_correct.double(), out.mlm_total.double(),
                                           out.nsp_correct.double(), out.nsp_total.double()])

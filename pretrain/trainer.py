@@ -126,13 +126,13 @@ class Trainer:
             t = time.perf_counter()
             batch = next(self.batches)
             waited += time.perf_counter() - t
-            plan = batch.pop("plan")
+            plan = batch["plan"]
             if plan.step != step:
                 raise RuntimeError(f"the loader is at step {plan.step}, the trainer at step {step}")
             for k in COUNTS:
-                counts[k] += batch.pop(k)  # ints made by the collator
+                counts[k] += batch["counts"][k]  # ints made by the collator
             torch.manual_seed(mix_int(self.loop.seed, step, plan.place) >> 1)  # dropout: not a function of the rank
-            sums += self.forward_backward(batch, plan, measure_grad_norm)
+            sums += self.forward_backward(batch["inputs"], plan, measure_grad_norm)
             if plan.index == plan.count - 1:
                 return sums, counts, waited
 

@@ -29,7 +29,7 @@ def packed_layout(lengths_by_row, capacity=128):
             slots.append(slot)
     plan = MicroBatch(tuple((i, 0) for i in range(len(rows))), tuple(slots), 0, 0, 0, 1, len(rows), len(rows))
     batch = Collator(Layout(0, 8, rows=len(lengths_by_row) + 1, capacity=capacity, max_per_row=3))((plan, rows))
-    return batch["sequence_ids"].cuda(), batch["cu_seqlens"].cuda()
+    return batch["inputs"]["sequence_ids"].cuda(), batch["inputs"]["cu_seqlens"].cuda()
 
 
 def qkv(b, s, heads=16, size=64, seed=0):

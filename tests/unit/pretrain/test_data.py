@@ -50,16 +50,17 @@ def row(n, b_start, positions, labels, nsp):
 
 def test_collator_pads_and_omits_the_mask_when_nothing_is_padded():
     c = Collator(Layout(pad_id=0, max_predictions=3))
-    batch = c((unpacked([0, 1]), [row(6, 3, [1, 4], [7, 8], 0), row(4, 2, [2], [9], 1)]))
+    out = c((unpacked([0, 1]), [row(6, 3, [1, 4], [7, 8], 0), row(4, 2, [2], [9], 1)]))
+    batch = out["inputs"]
     assert batch["input_ids"].shape == (2, 6) and batch["input_ids"][1, 4:].tolist() == [0, 0]
     assert batch["sequence_ids"].tolist() == [[1] * 6, [1, 1, 1, 1, 0, 0]]
     assert batch["cu_seqlens"].tolist() == [0, 6, 10, 12, 12]  # row 0; row 1 and its padding; unused
     assert batch["masked_lm_positions"].tolist() == [[1, 4, 0], [2, 0, 0]]
     assert batch["masked_lm_labels"].tolist() == [[7, 8, -100], [9, -100, -100]]
     assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 1, 1, 1]
-    assert batch["next_sentence_label"].tolist() == [0, 1] and batch["real_tokens"] == 10
+    assert batch["next_sentence_label"].tolist() == [0, 1] and out["counts"]["real_tokens"] == 10
     assert batch["position_ids"] is None and batch["cls_positions"] is None
-    same = c((unpacked([0, 1]), [row(5, 2, [1], [3], 0), row(5, 3, [2], [4], 0)]))
+    same = c((unpacked([0, 1]), [row(5, 2, [1], [3], 0), row(5, 3, [2], [4], 0)]))["inputs"]
     assert same["sequence_ids"] is None and same["cu_seqlens"] is None and same["input_ids"].dtype == torch.long
 
 
@@ -68,7 +69,8 @@ def test_collator_packs_each_sequence_as_its_own_bert_input():
 
     c = Collator(Layout(pad_id=0, max_predictions=3, rows=3, capacity=10, max_per_row=3))
     plan = MicroBatch(((0, 0), (1, 0), (2, 0)), (0, 0, 1), 0, 0, 0, 1, 4, 3)
-    batch = c((plan, [row(6, 3, [1, 4], [7, 8], 0), row(4, 2, [2], [9], 1), row(5, 2, [3], [5], 1)]))
+    out = c((plan, [row(6, 3, [1, 4], [7, 8], 0), row(4, 2, [2], [9], 1), row(5, 2, [3], [5], 1)]))
+    batch, counts = out["inputs"], out["counts"]
     assert batch["input_ids"].shape == (3, 10)  # fixed shape: the last row stays empty
     assert batch["input_ids"][0].tolist() == [10, 11, 12, 13, 14, 15, 10, 11, 12, 13]
     assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
@@ -80,8 +82,8 @@ def test_collator_packs_each_sequence_as_its_own_bert_input():
     assert batch["masked_lm_labels"][1].tolist() == [5, -100, -100]
     assert batch["cls_positions"].tolist() == [[0, 6, 0], [0, 0, 0], [0, 0, 0]]
     assert batch["next_sentence_label"].tolist() == [[0, 1, -100], [1, -100, -100], [-100] * 3]
-    assert (batch["capacity"], batch["rows_used"], batch["sequences"]) == (30, 2, 3)
-    assert batch["attention_pairs"] == 36 + 16 + 25 and batch["predictions"] == 4
+    assert (counts["capacity"], counts["rows_used"], counts["sequences"]) == (30, 2, 3)
+    assert counts["attention_pairs"] == 36 + 16 + 25 and counts["predictions"] == 4
 
 
 def packed_plan(world, rank, micro=4):

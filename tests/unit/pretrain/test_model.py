@@ -163,8 +163,7 @@ def laid_out(rows, packed_rows=None, capacity=0):
         slots = [s for s, r in enumerate(packed_rows) for _ in r]
         layout = Layout(0, 6, rows=len(packed_rows) + 1, capacity=capacity, max_per_row=3)  # + an empty row
     plan = MicroBatch(tuple((i, 0) for i in order), tuple(slots), 0, 0, 0, 1, total, len(rows))
-    batch = Collator(layout)((plan, [rows[i] for i in order]))
-    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) or v is None}, plan
+    return Collator(layout)((plan, [rows[i] for i in order]))["inputs"], plan
 
 
 def normalised_loss(out, plan):
