@@ -16,7 +16,6 @@ left out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -24,26 +23,11 @@ import tempfile
 from pathlib import Path
 
 from bench.preprocess_throughput import build_corpus, fetch_package, fetch_vocab, rst_sources
+from bench.trainer_speed import trainer_rates
 from preprocess.packing import estimate
 from preprocess.reader import PretrainingDataset
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def trainer(data: Path, run: Path, args, *overrides: str) -> dict[str, float]:
-    """Steady-state means of the trainer's logged rates."""
-    warm = args.steps // 4
-    cmd = [sys.executable, "-m", "pretrain", "--config", "configs/tiny-cpu.yaml", f"data.path={data}",
-           f"run_dir={run}", f"model.size={args.size}", f"data.micro_batch_size={args.micro_batch}",
-           f"deepspeed.global_batch_size={args.global_batch}", "deepspeed.zero_stage=0",
-           f"optim.total_steps={args.steps}", "optim.warmup_steps=1", f"logging.every_steps={warm}",
-           "eval.every_steps=0", "logging.wandb=disabled", "checkpoint.every_steps=100000", "data.num_workers=1",
-           *overrides]
-    subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True)
-    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
-    steady = [r for r in records if r["step"] > warm and "loss" in r]
-    keys = ("tokens_per_s", "samples_per_s", "packing_efficiency", "sequences_per_row")
-    return {k: sum(r[k] for r in steady) / len(steady) for k in keys}
 
 
 def main() -> None:
@@ -55,7 +39,7 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=8, help="rows per micro-batch (packed rows too)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-packing-"))
-    files, mb = build_corpus(rst_sources(fetch_package(args.cache, "python3.11-doc")), work / "corpus")
+    _, mb = build_corpus(rst_sources(fetch_package(args.cache, "python3.11-doc")), work / "corpus")
     data = work / "data"
     subprocess.run([sys.executable, "-m", "preprocess", "--input", str(work / "corpus" / "*.txt"), "--output",
                     str(data), "--vocab", str(fetch_vocab(args.cache)), "--max-seq-length", "512",
@@ -67,11 +51,12 @@ def main() -> None:
           f"{os.cpu_count()} cores")
     print(f"padding share against 512: {est['padding_share']:.1%}; packed in global batches of {args.global_batch} "
           f"(<= 3 per row): {est['packed_padding_share']:.1%} padding, {est['sequences_per_row']:.2f} sequences/row")
-    runs = {
-        "padded, bucketing off": trainer(data, work / "padded", args),
-        "padded, bucketing on (8 steps)": trainer(data, work / "bucketed", args, "data.length_bucketing=8"),
-        "packed": trainer(data, work / "packed", args, "data.packing=true"),
-    }
+    common = (f"model.size={args.size}", f"data.micro_batch_size={args.micro_batch}",
+              f"deepspeed.global_batch_size={args.global_batch}", "deepspeed.zero_stage=0", "data.num_workers=1")
+    layouts = {"padded, bucketing off": (), "padded, bucketing on (8 steps)": ("data.length_bucketing=8",),
+               "packed": ("data.packing=true",)}
+    runs = {name: trainer_rates(data, work / f"run{i}", args.steps, args.steps // 4, *common, *extra)
+            for i, (name, extra) in enumerate(layouts.items())}
     base = runs["padded, bucketing off"]["tokens_per_s"]
     print(f"\npython -m pretrain, model {args.size}, global batch {args.global_batch} sequences, micro-batch "
           f"{args.micro_batch} rows, fp32, {args.steps} steps (first {args.steps // 4} left out)")

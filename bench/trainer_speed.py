@@ -86,6 +86,23 @@ def bare_loop(data_dir: Path, size: str, micro: int, steps: int, warm: int, devi
     return out
 
 
+RATES = ("tokens_per_s", "samples_per_s", "tflops_per_device", "mfu", "data_wait_share", "packing_efficiency",
+         "sequences_per_row", "memory_gb")
+
+
+def trainer_rates(data: Path, run: Path, steps: int, warm: int, *overrides: str) -> dict[str, float]:
+    """``python -m pretrain`` on the tiny recipe with ``overrides``, ``steps`` steps logged every ``warm``: the
+    means of its logged :data:`RATES` after step ``warm``. A failed run raises CalledProcessError (its
+    stderr attached)."""
+    cmd = [sys.executable, "-m", "pretrain", "--config", "configs/tiny-cpu.yaml", f"data.path={data}",
+           f"run_dir={run}", f"optim.total_steps={steps}", "optim.warmup_steps=1", f"logging.every_steps={warm}",
+           "eval.every_steps=0", "logging.wandb=disabled", "checkpoint.every_steps=100000", *overrides]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    steady = [r for r in map(json.loads, open(RunDir(run).metrics)) if "loss" in r and r["step"] > warm]
+    return {k: sum(r.get(k, 0.0) for r in steady) / len(steady) for k in RATES}
+
+
 # The GPU matrix: name -> (sequence length, overrides). Micro-batches fill an 80 GB card without
 # activation checkpointing (BERT-Large bf16: ~0.45 GB per 128-token row, ~2.2 GB per 512-token row).
 GPU_RUNS = {
@@ -113,22 +130,15 @@ def gpu_matrix(args) -> None:
         data = args.data128 if seq == 128 else args.data512
         micro = int(next(o for o in overrides if o.startswith("data.micro_batch_size=")).split("=")[1])
         run = work / name.replace(" ", "-").replace(",", "")
-        cmd = [sys.executable, "-m", "pretrain", "--config", "configs/tiny-cpu.yaml", f"data.path={data}",
-               f"run_dir={run}", f"model.size={args.size}", "deepspeed.precision=bf16", "deepspeed.zero_stage=1",
-               f"deepspeed.global_batch_size={2 * micro}", f"optim.total_steps={args.steps}", "optim.warmup_steps=1",
-               f"logging.every_steps={args.steps // 3}", "eval.every_steps=0", "logging.wandb=disabled",
-               "checkpoint.every_steps=100000", "data.num_workers=4",
-               f"logging.peak_tflops_per_device={args.peak_tflops}", *overrides]
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(ROOT), os.environ.get("PYTHONPATH", "")])}, capture_output=True, text=True)
-        if proc.returncode:
-            results[name] = {"error": proc.stderr[-2000:]}
-            print(f"{name}: failed\n{proc.stderr[-2000:]}", flush=True)
+        try:
+            results[name] = trainer_rates(
+                data, run, args.steps, args.steps // 3, f"model.size={args.size}", "deepspeed.precision=bf16",
+                "deepspeed.zero_stage=1", f"deepspeed.global_batch_size={2 * micro}", "data.num_workers=4",
+                f"logging.peak_tflops_per_device={args.peak_tflops}", *overrides)
+        except subprocess.CalledProcessError as e:
+            results[name] = {"error": e.stderr[-2000:]}
+            print(f"{name}: failed\n{e.stderr[-2000:]}", flush=True)
             continue
-        steady = [r for r in map(json.loads, open(RunDir(run).metrics)) if "loss" in r and r["step"] > args.steps // 3]
-        keys = ("tokens_per_s", "samples_per_s", "tflops_per_device", "mfu", "data_wait_share", "packing_efficiency",
-                "sequences_per_row", "memory_gb")
-        results[name] = {k: sum(r.get(k, 0.0) for r in steady) / len(steady) for k in keys}
         r = results[name]
         print(f"{name:42} {r['tokens_per_s']:10.0f} tok/s {r['samples_per_s']:8.1f} seq/s "
               f"{r['tflops_per_device']:6.1f} TFLOP/s MFU {r['mfu']:6.1%} wait {r['data_wait_share']:5.1%} "
@@ -175,16 +185,10 @@ def main() -> None:
                    check=True, capture_output=True)
     data_dir = work / "demo" / "data"
     warm = args.steps // 4
-    subprocess.run([
-        sys.executable, "-m", "pretrain", "--config", "configs/tiny-cpu.yaml", f"data.path={data_dir}",
-        f"run_dir={work / 'run'}", f"model.size={args.size}", f"data.micro_batch_size={args.micro_batch}",
-        f"deepspeed.global_batch_size={args.micro_batch}", "deepspeed.zero_stage=0", f"optim.total_steps={args.steps}",
-        "optim.warmup_steps=1", f"logging.every_steps={warm}", "eval.every_steps=0", "logging.wandb=disabled",
-        "checkpoint.every_steps=100000", "data.num_workers=2",
-    ], cwd=ROOT, env=env, check=True, capture_output=True)
-    records = [json.loads(line) for line in open(RunDir(work / "run").metrics)]
-    steady = [r["samples_per_s"] for r in records if r["step"] > warm]
-    trainer = sum(steady) / len(steady)
+    trainer = trainer_rates(data_dir, work / "run", args.steps, warm, f"model.size={args.size}",
+                            f"data.micro_batch_size={args.micro_batch}",
+                            f"deepspeed.global_batch_size={args.micro_batch}", "deepspeed.zero_stage=0",
+                            "data.num_workers=2")["samples_per_s"]
 
     from preprocess.reader import PretrainingDataset
     from pretrain.data import BatchPlan, make_loader
