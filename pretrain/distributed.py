@@ -7,7 +7,7 @@
   into ``os.environ`` because ``torch.distributed``'s ``env://`` rendezvous reads them there.
 * :func:`init_distributed` picks the device (one GPU per local rank) and the backend (NCCL on
   GPU, gloo on CPU), names the accelerator for DeepSpeed (``DS_ACCELERATOR``) and starts the
-  process group through DeepSpeed.
+  process group through DeepSpeed; :func:`end_distributed` ends it after training.
 * :class:`StopSignal`: SIGTERM / SIGUSR1 (Slurm sends one before the time limit) agreed by
   all ranks, so every rank checkpoints at the same step.
 """
@@ -69,6 +69,14 @@ def init_distributed(world: World, timeout_minutes: int) -> None:
     else:
         _skip_shm_comm_op()
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", timeout=timedelta(minutes=timeout_minutes))
+
+
+def end_distributed() -> None:
+    """End the process group once training has returned, before the interpreter exits: gloo's worker
+    threads still holding tensors at interpreter shutdown abort the process (a finished run would
+    exit -6, which a batch script reads as a failure), and NCCL warns of leaked communicators."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _skip_shm_comm_op() -> None:

@@ -20,7 +20,7 @@ from preprocess.rng import mix_int
 from pretrain.checkpoint import CheckpointManager, Shape
 from pretrain.config import ConfigError, TrainConfig, check_against, resolved
 from pretrain.data import BatchPlan, make_loader
-from pretrain.distributed import StopSignal, World, init_distributed
+from pretrain.distributed import StopSignal, World, end_distributed, init_distributed
 from pretrain.engine import build_engine
 from pretrain.evaluation import Evaluator
 from pretrain.hf_format import load_pretrained, vocab_fingerprint
@@ -109,6 +109,7 @@ def train(cfg: TrainConfig, world: World) -> dict:
         state = trainer.train(state)
     finally:
         metrics.close()
+    end_distributed()  # after a failure the process exits with its error instead
     finished = state["step"] == cfg.optim.total_steps
     if world.rank == 0 and finished:
         run.mark_finished(state)  # batch scripts: export, or requeue if absent
