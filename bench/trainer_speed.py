@@ -13,8 +13,8 @@ With ``--gpu`` (one GPU, world size 1, BERT-Large, bf16, ZeRO-1): ``python -m pr
 datasets made by the preprocess job at seq 128 and 512, for AdamW and LAMB, padded and packed,
 attention dropout 0.1 and 0, eager and compiled; each run's steady-state real tokens/s,
 sequences/s, TFLOP/s and MFU (real work only, :func:`pretrain.model_config.training_flops`),
-data wait and peak memory, from its own ``metrics.jsonl`` (the first third of the steps left
-out); and the bare compiled loop (:func:`bare_loop`: the model and torch's fused AdamW alone) on
+data wait, peak memory, optimizer-step milliseconds and the host synchronisations CUDA reports
+per step, from its own ``metrics.jsonl`` (the first third of the steps left out); and the bare compiled loop (:func:`bare_loop`: the model and torch's fused AdamW alone) on
 the same batches, for the trainer's overhead. Printed as a table and written as JSON.
 """
 
@@ -87,20 +87,20 @@ def bare_loop(data_dir: Path, size: str, micro: int, steps: int, warm: int, devi
 
 
 RATES = ("tokens_per_s", "samples_per_s", "tflops_per_device", "mfu", "data_wait_share", "packing_efficiency",
-         "sequences_per_row", "memory_gb")
+         "sequences_per_row", "memory_gb", "optimizer_ms", "host_syncs_per_step")
 
 
 def trainer_rates(data: Path, run: Path, steps: int, warm: int, *overrides: str) -> dict[str, float]:
     """``python -m pretrain`` on the tiny recipe with ``overrides``, ``steps`` steps logged every ``warm``: the
-    means of its logged :data:`RATES` after step ``warm``. A failed run raises CalledProcessError (its
-    stderr attached)."""
+    means of its logged :data:`RATES` after step ``warm`` (those it logs). A failed run raises
+    CalledProcessError (its stderr attached)."""
     cmd = [sys.executable, "-m", "pretrain", "--config", "configs/tiny-cpu.yaml", f"data.path={data}",
            f"run_dir={run}", f"optim.total_steps={steps}", "optim.warmup_steps=1", f"logging.every_steps={warm}",
            "eval.every_steps=0", "logging.wandb=disabled", "checkpoint.every_steps=100000", *overrides]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     steady = [r for r in map(json.loads, open(RunDir(run).metrics)) if "loss" in r and r["step"] > warm]
-    return {k: sum(r.get(k, 0.0) for r in steady) / len(steady) for k in RATES}
+    return {k: sum(r[k] for r in steady) / len(steady) for k in RATES if k in steady[0]}
 
 
 # The GPU matrix: name -> (sequence length, overrides). Micro-batches fill an 80 GB card without
@@ -134,7 +134,8 @@ def gpu_matrix(args) -> None:
             results[name] = trainer_rates(
                 data, run, args.steps, args.steps // 3, f"model.size={args.size}", "deepspeed.precision=bf16",
                 "deepspeed.zero_stage=1", f"deepspeed.global_batch_size={2 * micro}", "data.num_workers=4",
-                f"logging.peak_tflops_per_device={args.peak_tflops}", *overrides)
+                f"logging.peak_tflops_per_device={args.peak_tflops}",
+                f"logging.count_host_syncs={torch.cuda.is_available()}", *overrides)
         except subprocess.CalledProcessError as e:
             results[name] = {"error": e.stderr[-2000:]}
             print(f"{name}: failed\n{e.stderr[-2000:]}", flush=True)
@@ -143,7 +144,8 @@ def gpu_matrix(args) -> None:
         print(f"{name:42} {r['tokens_per_s']:10.0f} tok/s {r['samples_per_s']:8.1f} seq/s "
               f"{r['tflops_per_device']:6.1f} TFLOP/s MFU {r['mfu']:6.1%} wait {r['data_wait_share']:5.1%} "
               f"rows {r['packing_efficiency']:6.1%} full, {r['sequences_per_row']:.2f} seq/row, "
-              f"{r['memory_gb']:.1f} GB", flush=True)
+              f"{r['memory_gb']:.1f} GB, optimizer step {r['optimizer_ms']:.1f} ms, "
+              f"{r.get('host_syncs_per_step', float('nan')):.1f} host syncs/step", flush=True)
     for seq, micro, data in ((128, 128, args.data128), (512, 32, args.data512)):
         name = f"seq{seq} bare loop, compiled, AdamW, padded"
         if args.runs and not any(r in name for r in args.runs):

@@ -87,6 +87,8 @@ class LoggingSection(_Section):
     wandb_project: str = "bert-pretraining"
     run_name: str | None = None
     peak_tflops_per_device: float = Field(0.0, ge=0, description="for MFU; 0 leaves MFU out (H100 bf16: 989)")
+    count_host_syncs: bool = Field(False, description="on a GPU, log host_syncs_per_step: the synchronisations "
+                                   "CUDA reports while steps train (torch.cuda.set_sync_debug_mode)")
 
 
 class EvalSection(_Section):
@@ -215,6 +217,9 @@ def check_against(cfg: TrainConfig, data: DatasetInfo, world_size: int, on_gpu: 
     if cfg.deepspeed.precision == "fp16" and not on_gpu:
         problems.append("deepspeed.precision fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16): "
                         "use bf16 or fp32 on CPU")
+    if cfg.logging.count_host_syncs and not on_gpu:
+        problems.append("logging.count_host_syncs counts what CUDA reports and needs a GPU: on CPU, "
+                        "python -m bench.host_syncs counts the synchronising calls")
     per_step = cfg.data.micro_batch_size * world_size
     if cfg.deepspeed.global_batch_size % per_step and not cfg.data.packing:
         valid = valid_micro_batches(cfg.deepspeed.global_batch_size, world_size, cfg.data.micro_batch_size)

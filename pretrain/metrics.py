@@ -14,8 +14,10 @@ import resource
 import sys
 import time
 import uuid
+import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import IO
 
 import torch
@@ -35,6 +37,8 @@ class Interval:
         self.steps = 0
         self.counts = dict.fromkeys(COUNTS, 0)
         self.waited = 0.0
+        self.optimizer_seconds = 0.0  # summed over ranks, set at the logging step (DeviceTimer.read)
+        self.host_syncs: float | None = None  # likewise, where counted (HostSyncs)
 
     def add(self, counts: dict[str, int], waited: float) -> None:
         """One step's ``COUNTS`` (this rank's) and seconds spent waiting for data."""
@@ -55,10 +59,82 @@ class Interval:
         out = {"samples_per_s": self.steps * global_batch / elapsed, "tokens_per_s": c["real_tokens"] / elapsed,
                "tflops_per_device": tflops, "data_wait_share": self.waited / world / elapsed,
                "packing_efficiency": c["real_tokens"] / max(1, c["capacity"]),
-               "sequences_per_row": c["sequences"] / max(1, c["rows_used"])}
+               "sequences_per_row": c["sequences"] / max(1, c["rows_used"]),
+               "optimizer_ms": self.optimizer_seconds / world / max(1, self.steps) * 1e3}
         if peak_tflops:
             out["mfu"] = tflops / peak_tflops
+        if self.host_syncs is not None:
+            out["host_syncs_per_step"] = self.host_syncs / world / max(1, self.steps)
         return out
+
+
+class DeviceTimer:
+    """Seconds the device spends in a region (the optimizer step), summed until :meth:`read`: timed by
+    CUDA events on a GPU, which the host does not wait for until it reads them (at a logging step,
+    which waits anyway); by the host clock on CPU, where the host runs the work itself."""
+
+    def __init__(self, device: torch.device | str):
+        self.cuda = torch.device(device).type == "cuda"
+        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self.seconds = 0.0
+
+    @contextmanager
+    def timing(self, on: bool = True) -> Iterator[None]:
+        if not on:
+            yield
+        elif self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.events.append((start, end))
+        else:
+            t = time.perf_counter()
+            yield
+            self.seconds += time.perf_counter() - t
+
+    def reset(self) -> None:
+        """Drop what was timed since the last read, without waiting for it."""
+        self.seconds, self.events = 0.0, []
+
+    def read(self) -> float:
+        """The seconds since the last read or reset (on a GPU, waits for the last timed region to end)."""
+        for start, end in self.events:
+            end.synchronize()
+            self.seconds += start.elapsed_time(end) / 1e3
+        seconds, self.seconds, self.events = self.seconds, 0.0, []
+        return seconds
+
+
+class HostSyncs:
+    """The synchronisations CUDA reports inside :meth:`counting`, summed until :meth:`read`: each call
+    that makes the host wait for the GPU (``.item()``, ``bool()`` of a tensor, a blocking copy to the
+    host, ``nonzero``...), by ``torch.cuda.set_sync_debug_mode("warn")``. A diagnostic
+    (``logging.count_host_syncs``): each one costs a Python warning, nothing when the step has none.
+    Other warnings raised inside are passed on."""
+
+    def __init__(self):
+        self.count = 0
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            before = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield
+            finally:
+                torch.cuda.set_sync_debug_mode(before)
+        for w in caught:
+            if "a synchronizing" in str(w.message):  # "called a synchronizing CUDA operation"
+                self.count += 1
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    def read(self) -> int:
+        count, self.count = self.count, 0
+        return count
 
 
 def memory_gb() -> float:

@@ -103,6 +103,7 @@ def train(cfg: TrainConfig, world: World) -> dict:
         flops=functools.partial(training_flops, model.config),
         peak_tflops=cfg.logging.peak_tflops_per_device,
         fp16=cfg.deepspeed.precision == "fp16",
+        count_host_syncs=cfg.logging.count_host_syncs,
     )
     trainer = Trainer(engine, batches, loop, checkpoints, metrics, evaluator, StopSignal(engine.device))
     try:

@@ -22,6 +22,7 @@ before the next checkpoint, whichever comes first, so no checkpoint holds it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +37,7 @@ from pretrain.checkpoint import CheckpointManager
 from pretrain.distributed import StopSignal
 from pretrain.engine import grad_norm
 from pretrain.evaluation import Evaluator
-from pretrain.metrics import COUNTS, Interval, MetricsLogger, memory_gb
+from pretrain.metrics import COUNTS, DeviceTimer, HostSyncs, Interval, MetricsLogger, memory_gb
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -72,6 +73,7 @@ class Loop:
     flops: Callable[[int, int, int], float]  # (real tokens, attention pairs, predictions) -> training FLOPs
     peak_tflops: float = 0.0
     fp16: bool = False
+    count_host_syncs: bool = False  # on a GPU: CUDA's count of synchronisations in the step, logged
 
 
 class Trainer:
@@ -86,6 +88,8 @@ class Trainer:
         self.own_grad_norm = engine.zero_optimization_stage() == 0 and not (
             engine.bfloat16_enabled() or engine.fp16_enabled())
         self.grad_norm: torch.Tensor | None = None
+        self.optimizer_time = DeviceTimer(self.device)  # engine.step() at the step's last micro-batch
+        self.syncs = HostSyncs() if loop.count_host_syncs and torch.device(self.device).type == "cuda" else None
 
     def train(self, state: dict) -> dict:
         """Train from ``state`` (step, samples) to ``loop.last_step``; the final state."""
@@ -94,7 +98,8 @@ class Trainer:
         interval = Interval()
         while step < loop.last_step:
             logging_step = (step + 1) % loop.log_every == 0 or step + 1 == loop.last_step
-            sums, counts, waited = self.train_step(step, measure_grad_norm=logging_step and self.own_grad_norm)
+            with self.syncs.counting() if self.syncs else contextlib.nullcontext():
+                sums, counts, waited = self.train_step(step, measure_grad_norm=logging_step and self.own_grad_norm)
             step += 1
             self.metrics.tick(step)
             state = {"step": step, "samples": state["samples"] + loop.global_batch}
@@ -102,6 +107,9 @@ class Trainer:
             interval.add(counts, waited)
             if step == state_at_start + 1 and not logging_step:
                 interval = Interval()  # the process's first step (compilation, lazy set-up) is not throughput
+                self.optimizer_time.reset()
+                if self.syncs:
+                    self.syncs.read()
             if logging_step:
                 self.log(step, sums, interval, state)
                 interval = Interval()
@@ -152,24 +160,28 @@ class Trainer:
         loss = (out.mlm_loss_sum / max(1, plan.masked_tokens) + out.nsp_loss_sum / plan.sequences) * self.loop.world_size
         self.engine.set_gradient_accumulation_boundary(plan.index == plan.count - 1)
         self.engine.backward(loss, scale_wrt_gas=False)
-        if measure_grad_norm and self.engine.is_gradient_accumulation_boundary():
+        last = self.engine.is_gradient_accumulation_boundary()
+        if measure_grad_norm and last:
             # the gradients are averaged over ranks by now and not yet clipped (as DeepSpeed reports it)
             grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
             self.grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        self.engine.step()
+        with self.optimizer_time.timing(last):
+            self.engine.step()
         return torch.stack([getattr(out, k).detach().double() for k in SUMS])
 
     def log(self, step: int, sums: torch.Tensor, interval: Interval, state: dict) -> None:
         """Reduce the step's sums and the interval's counts over ranks and log them (one host read)."""
         loop = self.loop
-        host = torch.tensor([*(interval.counts[k] for k in COUNTS), interval.waited], dtype=torch.float64,
-                            device=self.device)
+        timed = (interval.waited, self.optimizer_time.read(), self.syncs.read() if self.syncs else 0)
+        host = torch.tensor([*(interval.counts[k] for k in COUNTS), *timed], dtype=torch.float64, device=self.device)
         summed = torch.cat([sums, host])
         dist.all_reduce(summed)
         self.check_finite()
-        v = dict(zip((*SUMS, *COUNTS, "waited"), summed.tolist()))
+        v = dict(zip((*SUMS, *COUNTS, "waited", "optimizer_seconds", "host_syncs"), summed.tolist()))
         interval.counts = {k: int(v[k]) for k in COUNTS}
-        interval.waited = v["waited"]
+        interval.waited, interval.optimizer_seconds = v["waited"], v["optimizer_seconds"]
+        if self.syncs:
+            interval.host_syncs = v["host_syncs"]
         mlm_loss = v["mlm_loss_sum"] / max(1.0, v["mlm_total"])  # the step's means over the global batch
         nsp_loss = v["nsp_loss_sum"] / max(1.0, v["nsp_total"])
         m = {

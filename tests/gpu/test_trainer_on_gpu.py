@@ -59,7 +59,7 @@ def losses(run_dir: Path) -> dict[int, float]:
 @pytest.mark.parametrize("optimizer,stage", [("lamb", 1), ("adamw", 2)])
 def test_train_evaluate_checkpoint_resume_and_export_on_one_gpu(tmp_path, optimizer, stage):
     shape = (f"optim.name={optimizer}", f"deepspeed.zero_stage={stage}")
-    train(tmp_path / "straight", *shape)
+    train(tmp_path / "straight", *shape, "logging.count_host_syncs=true")
     train(tmp_path / "resumed", *shape, "stop_at_step=10")
     proc = train(tmp_path / "resumed", *shape)
     assert "resumed from step 10" in proc.stderr
@@ -72,6 +72,9 @@ def test_train_evaluate_checkpoint_resume_and_export_on_one_gpu(tmp_path, optimi
     assert len(evals) == 2 and all(0 < r["eval_mlm_accuracy"] <= 1 for r in evals)
     assert all(r["grad_norm"] == r["grad_norm"] and r["grad_norm"] > 0 for r in records(tmp_path / "straight")
                if "loss" in r)  # finite, not NaN
+    logged = [r for r in records(tmp_path / "straight") if "loss" in r]
+    assert all(r["optimizer_ms"] > 0 and r["host_syncs_per_step"] >= 0 for r in logged)
+    print(optimizer, stage, {k: logged[-1][k] for k in ("optimizer_ms", "host_syncs_per_step")})
 
     run("pretrain", "export", str(tmp_path / "straight"), str(tmp_path / "export"))
     from transformers import BertForPreTraining
@@ -98,7 +101,8 @@ def test_packed_rows_train_as_the_same_sequences_unpadded_on_a_gpu(tmp_path):
     train(tmp_path / "padded", *common)
     train(tmp_path / "packed", *common, "data.packing=true", "data.micro_batch_size=16")
     # compiled by inductor (fused kernels; the varlen attention op inside the graph)
-    proc = train(tmp_path / "compiled", *common, "data.packing=true", "data.micro_batch_size=16", "model.compile=true")
+    proc = train(tmp_path / "compiled", *common, "data.packing=true", "data.micro_batch_size=16", "model.compile=true",
+                 "logging.count_host_syncs=true")
     assert "model compiled with torch.compile (backend inductor)" in proc.stderr
     padded, packed, compiled = (losses(tmp_path / d) for d in ("padded", "packed", "compiled"))
     for step in padded:

@@ -279,7 +279,8 @@ def test_lamb_under_zero_matches_lamb_without_zero(dataset, tmp_path):
 
 
 METRICS = {"loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "lr", "grad_norm", "skipped_steps",
-           "samples_per_s", "tokens_per_s", "tflops_per_device", "mfu", "memory_gb", "data_wait_share"}
+           "samples_per_s", "tokens_per_s", "tflops_per_device", "mfu", "memory_gb", "data_wait_share",
+           "optimizer_ms"}
 EVAL = {"eval_mlm_loss", "eval_mlm_accuracy", "eval_nsp_accuracy"}
 
 
@@ -311,6 +312,7 @@ def test_metrics_jsonl_and_offline_wandb_hold_the_logged_metrics_across_a_resume
     assert sorted(train_records) == sorted(eval_records) == [2, 4]
     assert METRICS <= set(train_records[4]) and EVAL <= set(eval_records[4])
     assert 0 < train_records[4]["tokens_per_s"] and 0 <= train_records[4]["data_wait_share"] < 1
+    assert 0 < train_records[4]["optimizer_ms"] < 60e3
     history = wandb_history(run)
     assert len(history) == 2  # one offline segment per process ...
     run_id = (run / "wandb_run_id").read_text().strip()

@@ -102,8 +102,10 @@ def test_deepspeed_overlays_merge_over_a_recipe():
     assert off.deepspeed.offload_optimizer and off.optim.lr == 6e-3
 
 
-def test_fp16_on_cpu_is_refused_before_work():
-    cfg = load_config("configs/tiny-cpu.yaml", ["deepspeed.precision=fp16"])
-    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+@pytest.mark.parametrize("override,error", [("deepspeed.precision=fp16", "fp16 needs a GPU"),
+                                            ("logging.count_host_syncs=true", "count_host_syncs counts what CUDA")])
+def test_gpu_only_settings_on_cpu_are_refused_before_work(override, error):
+    cfg = load_config("configs/tiny-cpu.yaml", [override])
+    with pytest.raises(ConfigError, match=error):
         check_against(cfg, MANIFEST, world_size=1, on_gpu=False)
     check_against(cfg, MANIFEST, world_size=1, on_gpu=True)

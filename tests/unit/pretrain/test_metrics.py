@@ -99,3 +99,38 @@ def test_interval_reports_packing_efficiency_and_sequences_per_row():
                   "sequences": 5}, waited=0.0)
     rates = interval.rates(global_batch=5, flops=lambda *counts: 0.0, world=1, peak_tflops=0.0)
     assert rates["packing_efficiency"] == 900 / 1024 and rates["sequences_per_row"] == 2.5
+
+
+def test_interval_reports_the_optimizer_step_and_host_syncs_per_step_and_rank():
+    from pretrain.metrics import Interval
+
+    interval = Interval()
+    for _ in range(4):
+        interval.add(dict.fromkeys(("real_tokens", "attention_pairs", "predictions", "capacity", "rows_used",
+                                    "sequences"), 1), waited=0.0)
+    interval.optimizer_seconds = 0.8  # summed over 2 ranks
+    rates = interval.rates(global_batch=2, flops=lambda *counts: 0.0, world=2, peak_tflops=0.0)
+    assert rates["optimizer_ms"] == 100.0 and "host_syncs_per_step" not in rates  # not counted: not reported
+    interval.host_syncs = 24
+    assert interval.rates(global_batch=2, flops=lambda *counts: 0.0, world=2, peak_tflops=0.0)[
+        "host_syncs_per_step"] == 3.0
+
+
+def test_device_timer_sums_the_timed_regions_until_read():
+    import time
+
+    from pretrain.metrics import DeviceTimer
+
+    timer = DeviceTimer("cpu")
+    with timer.timing():
+        time.sleep(0.05)
+    with timer.timing(on=False):
+        time.sleep(0.2)
+    with timer.timing():
+        time.sleep(0.05)
+    assert 0.1 <= timer.read() < 0.2  # the region timed off is not counted
+    assert timer.read() == 0.0  # a read starts over
+    with timer.timing():
+        time.sleep(0.01)
+    timer.reset()
+    assert timer.read() == 0.0
