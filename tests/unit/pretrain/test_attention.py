@@ -46,3 +46,36 @@ def test_packed_sequences_attend_only_within_themselves():
         alone = attention(*(t[row : row + 1, lo:hi] for t in (q, k, v)), Sequences(), 0.0)
         torch.testing.assert_close(out[row : row + 1, lo:hi], alone, rtol=1e-5, atol=1e-5)
     assert torch.isfinite(out).all()  # padding attends to padding: no row without a key
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_the_collators_cu_seqlens_cut_the_same_blocks_as_its_sequence_ids(packed):
+    """What the varlen kernel computes (attention within each cu_seqlens segment of the flattened
+    tokens, here by SDPA segment by segment) equals the CPU path's block-diagonal mask, for the
+    collator's own packed and padded batches: the layout the GPU kernel gets is the one tested on CPU."""
+    import numpy as np
+
+    from pretrain.data import Collator, Layout, MicroBatch
+
+    lengths_by_row = [[8, 6, 5], [20], [3]] if packed else [[8], [20], [3], [11]]
+    rows, slots = [], []
+    for slot, lengths in enumerate(lengths_by_row):
+        for n in lengths:
+            rows.append({"input_ids": np.full(n, 7), "token_type_ids": np.zeros(n, np.int8),
+                         "masked_lm_positions": np.array([1]), "masked_lm_labels": np.array([9]),
+                         "next_sentence_label": 0})
+            slots.append(slot)
+    plan = MicroBatch(tuple((i, 0) for i in range(len(rows))), tuple(slots), 0, 0, 0, 1, len(rows), len(rows))
+    layout = Layout(0, 8, rows=4, capacity=20, max_per_row=3) if packed else Layout(0, 8)
+    inputs = Collator(layout)((plan, rows))["inputs"]
+    ids, cu = inputs["sequence_ids"], inputs["cu_seqlens"]
+    b, s = ids.shape
+    q, k, v = qkv(b=b, s=s)
+    blocks = attention(q, k, v, boundary(q.flatten(2), 16, sequence_ids=ids, cu_seqlens=cu), 0.0)
+    flat = [t.reshape(b * s, 4, 16) for t in (q, k, v)]
+    segments = torch.zeros_like(flat[0])
+    assert cu[0] == 0 and cu[-1] == b * s and (cu[1:] >= cu[:-1]).all()  # every token in exactly one segment
+    for lo, hi in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        if hi > lo:
+            segments[lo:hi] = attention(*(t[None, lo:hi] for t in flat), Sequences(), 0.0)[0]
+    torch.testing.assert_close(segments.view(b, s, 4, 16), blocks, rtol=1e-5, atol=1e-5)
