@@ -61,4 +61,22 @@ def dataset(tmp_path_factory, corpus_dir, vocab_file) -> Path:
     return out
 
 
+def collated(lengths_by_row: list[list[int]], layout) -> dict:
+    """The real collator's model inputs for a micro-batch whose row ``i`` holds sequences of the
+    lengths ``lengths_by_row[i]`` (tokens 7, one masked position each), laid out by ``layout``."""
+    import numpy as np
+
+    from pretrain.data import Collator, MicroBatch
+
+    rows, slots = [], []
+    for slot, lengths in enumerate(lengths_by_row):
+        for n in lengths:
+            rows.append({"input_ids": np.full(n, 7), "token_type_ids": np.zeros(n, np.int8),
+                         "masked_lm_positions": np.array([1]), "masked_lm_labels": np.array([9]),
+                         "next_sentence_label": 0})
+            slots.append(slot)
+    plan = MicroBatch(tuple((i, 0) for i in range(len(rows))), tuple(slots), 0, 0, 0, 1, len(rows), len(rows))
+    return Collator(layout)((plan, rows))["inputs"]
+
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")

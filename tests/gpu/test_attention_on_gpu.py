@@ -3,12 +3,12 @@
 Skipped without a CUDA GPU of compute capability 8.0 or more (``bench/gpu_check.sh`` runs these).
 """
 
-import numpy as np
 import pytest
 import torch
 
 from pretrain.attention import Sequences, attention, boundary
-from pretrain.data import Collator, Layout, MicroBatch
+from pretrain.data import Layout
+from tests.conftest import collated
 
 pytestmark = [
     pytest.mark.gpu,
@@ -20,16 +20,8 @@ pytestmark = [
 def packed_layout(lengths_by_row, capacity=128):
     """sequence_ids and cu_seqlens from the real collator, for rows holding these sequence lengths
     (one more row left empty)."""
-    rows, slots = [], []
-    for slot, lengths in enumerate(lengths_by_row):
-        for n in lengths:
-            rows.append({"input_ids": np.full(n, 7), "token_type_ids": np.zeros(n, np.int8),
-                         "masked_lm_positions": np.array([1]), "masked_lm_labels": np.array([9]),
-                         "next_sentence_label": 0})
-            slots.append(slot)
-    plan = MicroBatch(tuple((i, 0) for i in range(len(rows))), tuple(slots), 0, 0, 0, 1, len(rows), len(rows))
-    batch = Collator(Layout(0, 8, rows=len(lengths_by_row) + 1, capacity=capacity, max_per_row=3))((plan, rows))
-    return batch["inputs"]["sequence_ids"].cuda(), batch["inputs"]["cu_seqlens"].cuda()
+    inputs = collated(lengths_by_row, Layout(0, 8, rows=len(lengths_by_row) + 1, capacity=capacity, max_per_row=3))
+    return inputs["sequence_ids"].cuda(), inputs["cu_seqlens"].cuda()
 
 
 def qkv(b, s, heads=16, size=64, seed=0):

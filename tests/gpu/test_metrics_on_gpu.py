@@ -27,7 +27,7 @@ def test_host_syncs_counts_each_call_that_makes_the_host_wait_and_only_those():
         x[x > 0]  # boolean-mask indexing: the host waits for the count
     assert syncs.read() >= 1
     with pytest.warns(UserWarning, match="passed on"), syncs.counting():
-        warnings.warn("passed on", UserWarning)
+        warnings.warn("passed on", UserWarning, stacklevel=1)
     assert syncs.read() == 0 and torch.cuda.get_sync_debug_mode() == 0  # left as it was
 
 

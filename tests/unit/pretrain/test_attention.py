@@ -53,21 +53,11 @@ def test_the_collators_cu_seqlens_cut_the_same_blocks_as_its_sequence_ids(packed
     """What the varlen kernel computes (attention within each cu_seqlens segment of the flattened
     tokens, here by SDPA segment by segment) equals the CPU path's block-diagonal mask, for the
     collator's own packed and padded batches: the layout the GPU kernel gets is the one tested on CPU."""
-    import numpy as np
-
-    from pretrain.data import Collator, Layout, MicroBatch
+    from pretrain.data import Layout
+    from tests.conftest import collated
 
     lengths_by_row = [[8, 6, 5], [20], [3]] if packed else [[8], [20], [3], [11]]
-    rows, slots = [], []
-    for slot, lengths in enumerate(lengths_by_row):
-        for n in lengths:
-            rows.append({"input_ids": np.full(n, 7), "token_type_ids": np.zeros(n, np.int8),
-                         "masked_lm_positions": np.array([1]), "masked_lm_labels": np.array([9]),
-                         "next_sentence_label": 0})
-            slots.append(slot)
-    plan = MicroBatch(tuple((i, 0) for i in range(len(rows))), tuple(slots), 0, 0, 0, 1, len(rows), len(rows))
-    layout = Layout(0, 8, rows=4, capacity=20, max_per_row=3) if packed else Layout(0, 8)
-    inputs = Collator(layout)((plan, rows))["inputs"]
+    inputs = collated(lengths_by_row, Layout(0, 8, rows=4, capacity=20, max_per_row=3) if packed else Layout(0, 8))
     ids, cu = inputs["sequence_ids"], inputs["cu_seqlens"]
     b, s = ids.shape
     q, k, v = qkv(b=b, s=s)
