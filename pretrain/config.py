@@ -11,13 +11,16 @@ The resolved configuration is written into the run directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 if TYPE_CHECKING:
     from preprocess.dataset import DatasetInfo
+
+
+AUTO = "auto"  # data.micro_batch_size: measured on the GPU before training (pretrain.fit)
 
 
 class ConfigError(ValueError):
@@ -45,7 +48,10 @@ class DataSection(_Section):
     path: str
     train_split: str = "train"
     eval_split: str = "validation"
-    micro_batch_size: int = Field(8, ge=1)
+    micro_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        8, description="rows a micro-batch; auto: the largest whose step fits the GPU (pretrain.fit)")
+    auto_memory_fraction: float = Field(0.9, gt=0, le=1, description="micro_batch_size auto: the share of the "
+                                        "GPU's memory a step may peak at")
     num_workers: int = Field(2, ge=0)
     seed: int = 1234
     length_bucketing: int = Field(0, ge=0, description="window of global steps sorted by length; 0: off")
@@ -136,6 +142,8 @@ class TrainConfig(_Section):
     def accumulation_steps(self, world_size: int) -> int:
         """Micro-batches per rank and step; packed, the most a step can need (one sequence per row):
         steps need fewer, as many as their packing gives (:class:`pretrain.data.StepSampler`)."""
+        if self.data.micro_batch_size == AUTO:
+            raise ValueError("data.micro_batch_size auto is resolved before the batch arithmetic is asked for")
         per_step = self.data.micro_batch_size * world_size
         if self.data.packing:
             return -(-self.deepspeed.global_batch_size // per_step)
@@ -220,8 +228,14 @@ def check_against(cfg: TrainConfig, data: DatasetInfo, world_size: int, on_gpu: 
     if cfg.logging.count_host_syncs and not on_gpu:
         problems.append("logging.count_host_syncs counts what CUDA reports and needs a GPU: on CPU, "
                         "python -m bench.host_syncs counts the synchronising calls")
-    per_step = cfg.data.micro_batch_size * world_size
-    if cfg.deepspeed.global_batch_size % per_step and not cfg.data.packing:
+    auto = cfg.data.micro_batch_size == AUTO
+    if auto and not on_gpu:
+        problems.append("data.micro_batch_size auto measures the GPU's memory and needs a GPU: give a number on CPU")
+    per_step = world_size if auto else cfg.data.micro_batch_size * world_size  # auto: a size is chosen that fits
+    if cfg.deepspeed.global_batch_size % per_step and not cfg.data.packing and auto:
+        problems.append(f"deepspeed.global_batch_size {cfg.deepspeed.global_batch_size} does not divide into "
+                        f"{world_size} ranks")
+    elif cfg.deepspeed.global_batch_size % per_step and not cfg.data.packing:
         valid = valid_micro_batches(cfg.deepspeed.global_batch_size, world_size, cfg.data.micro_batch_size)
         problems.append(
             f"deepspeed.global_batch_size {cfg.deepspeed.global_batch_size} is not a multiple of "

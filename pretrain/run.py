@@ -17,8 +17,9 @@ import torch
 from preprocess.dataset import DatasetInfo
 from preprocess.reader import PretrainingDataset
 from preprocess.rng import mix_int
+from pretrain import fit
 from pretrain.checkpoint import CheckpointManager, Shape
-from pretrain.config import ConfigError, TrainConfig, check_against, resolved
+from pretrain.config import AUTO, ConfigError, TrainConfig, check_against, resolved
 from pretrain.data import BatchPlan, make_loader
 from pretrain.distributed import StopSignal, World, end_distributed, init_distributed
 from pretrain.engine import build_engine
@@ -49,10 +50,13 @@ def train(cfg: TrainConfig, world: World) -> dict:
     if started_on is not None:
         info.check_vocab(started_on.fingerprint, f"run_dir {run.root} (started on {started_on.path})")
     if world.rank == 0:
-        run.create().write_config(resolved(cfg, world.size))
+        run.create()
     init_distributed(world, cfg.deepspeed.dist_timeout_minutes)
     model = build(cfg, info)
-    if world.rank == 0:  # what export needs to rebuild the model and its tokenizer files
+    if cfg.data.micro_batch_size == AUTO:
+        cfg = fit.resolve(cfg, model.config, info, world, run)
+    if world.rank == 0:  # the configuration as run; what export needs to rebuild the model and its tokenizer
+        run.write_config(resolved(cfg, world.size))
         run.write_model_config(model.config)
         run.write_data_ref(DataRef(cfg.data.path, info.vocab_file, info.lower_case, info.vocab_fingerprint))
 

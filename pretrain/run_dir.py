@@ -4,6 +4,8 @@
   ``config.yaml``         the resolved training configuration (with the world size it ran at)
   ``model_config.json``   the model's configuration (transformers' fields), for export
   ``data.json``           which dataset the run trains on, and its vocabulary (file, case, fingerprint)
+  ``micro_batch.json``    ``data.micro_batch_size: auto``: the size measured at the run's start, reused
+                          on resume (:mod:`pretrain.fit`)
   ``checkpoints/``        ``step_XXXXXXXX/`` DeepSpeed checkpoints (see :mod:`pretrain.checkpoint`)
   ``metrics.jsonl``       one JSON record per logged step or evaluation
   ``metrics-superseded.jsonl``  records of steps a resume went back over (trained again from an
@@ -46,6 +48,7 @@ class RunDir:
     config = property(lambda self: self.root / "config.yaml")
     model_config_file = property(lambda self: self.root / "model_config.json")
     data_file = property(lambda self: self.root / "data.json")
+    micro_batch_file = property(lambda self: self.root / "micro_batch.json")
     checkpoints = property(lambda self: self.root / "checkpoints")
     metrics = property(lambda self: self.root / "metrics.jsonl")
     metrics_superseded = property(lambda self: self.root / "metrics-superseded.jsonl")
@@ -54,8 +57,8 @@ class RunDir:
     finished_file = property(lambda self: self.root / "FINISHED")
     export = property(lambda self: self.root / "export")
 
-    PATHS = ("config", "model_config_file", "data_file", "checkpoints", "metrics", "metrics_superseded", "curves",
-             "wandb_id", "finished_file", "export")
+    PATHS = ("config", "model_config_file", "data_file", "micro_batch_file", "checkpoints", "metrics",
+             "metrics_superseded", "curves", "wandb_id", "finished_file", "export")
 
     def create(self) -> RunDir:
         self.root.mkdir(parents=True, exist_ok=True)

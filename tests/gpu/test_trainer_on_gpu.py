@@ -113,6 +113,25 @@ def test_packed_rows_train_as_the_same_sequences_unpadded_on_a_gpu(tmp_path):
     print({k: logged[-1][k] for k in ("tokens_per_s", "packing_efficiency", "sequences_per_row")})
 
 
+def test_micro_batch_size_auto_fills_the_memory_budget_and_a_resume_keeps_it(tmp_path):
+    """auto under a small budget (1% of the card): the size chosen peaked within it, every size tried
+    above it did not, training stays within it, and the resumed run reuses the recorded size."""
+    import yaml
+
+    auto = ("data.micro_batch_size=auto", "data.auto_memory_fraction=0.01", "deepspeed.global_batch_size=1024",
+            "optim.total_steps=4", "eval.every_steps=0", "checkpoint.every_steps=100")
+    proc = train(tmp_path / "run", *auto, "stop_at_step=2")
+    record = json.loads((tmp_path / "run" / "micro_batch.json").read_text())
+    print(record, [line for line in proc.stderr.splitlines() if "auto" in line])
+    m, budget, peaks = record["micro_batch_size"], record["budget_gb"], record["peaks_gb"]
+    assert peaks[str(m)] <= budget and all(int(size) > m for size, peak in peaks.items() if peak > budget)
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["micro_batch_size"] == m
+    assert max(r["memory_gb"] for r in records(tmp_path / "run") if "loss" in r) <= budget * 1.05
+    proc = train(tmp_path / "run", *auto)
+    assert f"data.micro_batch_size auto: {m} rows, as measured at the run's start" in proc.stderr
+    assert sorted(losses(tmp_path / "run")) == [1, 2, 3, 4]
+
+
 DATA512 = os.environ.get("PRETRAIN_GPU_DATA512")
 
 

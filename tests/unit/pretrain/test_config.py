@@ -103,9 +103,21 @@ def test_deepspeed_overlays_merge_over_a_recipe():
 
 
 @pytest.mark.parametrize("override,error", [("deepspeed.precision=fp16", "fp16 needs a GPU"),
-                                            ("logging.count_host_syncs=true", "count_host_syncs counts what CUDA")])
+                                            ("logging.count_host_syncs=true", "count_host_syncs counts what CUDA"),
+                                            ("data.micro_batch_size=auto", "auto measures the GPU's memory")])
 def test_gpu_only_settings_on_cpu_are_refused_before_work(override, error):
     cfg = load_config("configs/tiny-cpu.yaml", [override])
     with pytest.raises(ConfigError, match=error):
         check_against(cfg, MANIFEST, world_size=1, on_gpu=False)
     check_against(cfg, MANIFEST, world_size=1, on_gpu=True)
+
+
+def test_micro_batch_size_is_a_number_or_auto():
+    assert load_config("configs/tiny-cpu.yaml", ["data.micro_batch_size=auto"]).data.micro_batch_size == "auto"
+    for bad in ("data.micro_batch_size=0", "data.micro_batch_size=most", "data.auto_memory_fraction=1.5"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config("configs/tiny-cpu.yaml", [bad])
+    cfg = load_config("configs/tiny-cpu.yaml", ["data.micro_batch_size=auto", "deepspeed.global_batch_size=15"])
+    with pytest.raises(ConfigError, match="global_batch_size 15 does not divide into 2 ranks"):
+        check_against(cfg, MANIFEST, world_size=2, on_gpu=True)
+    check_against(cfg, MANIFEST, world_size=3, on_gpu=True)  # any size that divides 5 will do
