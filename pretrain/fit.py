@@ -8,9 +8,12 @@ How it is measured: a throwaway DeepSpeed engine, built exactly as the run's (Ze
 precision, optimizer, activation checkpointing, world size) around a fresh copy of the model
 on the GPU, steps synthetic worst-case micro-batches (every row full: one sequence of
 ``max_seq_length``, or packed with ``max_sequences_per_row`` sequences; every prediction slot
-used) and reads each step's peak of allocated memory, the highest over the ranks. The peak
-grows linearly with the rows, so two small trials predict the largest size under the budget
-(``data.auto_memory_fraction`` of the card), and further trials confirm it or close in on it
+used) and reads the peak of allocated memory of each step's forward and backward, the highest over
+the ranks (the update's peak, which does not grow with the rows, is checked apart). After one
+step unmeasured (what is allocated once: optimizer states, buffers), that peak grows linearly with
+the rows, so two small trials predict the largest size under the budget
+(``data.auto_memory_fraction`` of the card: the rest is margin for the allocator's fragmentation,
+CUDA's context and NCCL's buffers), and further trials confirm it or close in on it
 (:func:`largest_fitting`). Sizes are those the batch arithmetic allows (:func:`sizes`). The
 trials run eager: a compiled model needs less, so the choice stays safe with ``model.compile``.
 The probe engine, its model and optimizer states are released before the run's engine is
@@ -53,6 +56,9 @@ def sizes(global_batch: int, world_size: int, packing: bool) -> list[int]:
     return [m for m in range(1, per_rank + 1) if global_batch % (m * world_size) == 0]
 
 
+GROWTH = 8  # a trial is at most this many times the largest size known to fit (a flat start predicts nothing)
+
+
 def largest_fitting(peak: Callable[[int], float], budget: float, allowed: list[int],
                     max_trials: int = 10) -> tuple[int, dict[int, float]]:
     """The largest of ``allowed`` (ascending) whose ``peak(size)`` is within ``budget``, and every trial's
@@ -61,8 +67,8 @@ def largest_fitting(peak: Callable[[int], float], budget: float, allowed: list[i
     fits and the smallest over, or the two largest that fit) predicts within the budget, if it is above
     the largest that fits and below the smallest over; between a size that fits and one over, at least
     the size halfway between them (a peak growing faster than linearly would otherwise be approached
-    in small steps). Exact in three trials for a linear peak. Raises :class:`ConfigError` if the
-    smallest does not fit."""
+    in small steps); never more than :data:`GROWTH` times the largest that fits. Exact in a few trials
+    for a linear peak. Raises :class:`ConfigError` if the smallest does not fit."""
     peaks: dict[int, float] = {}
     first = allowed[0]
     peaks[first] = peak(first)
@@ -79,7 +85,7 @@ def largest_fitting(peak: Callable[[int], float], budget: float, allowed: list[i
         over = min((m for m, p in peaks.items() if p > budget), default=None)
         other = over if over is not None else max(m for m, p in peaks.items() if p <= budget and m < fit)
         slope = (peaks[other] - peaks[fit]) / (other - fit)
-        reach = fit + (budget - peaks[fit]) / slope if slope > 0 else math.inf
+        reach = min(fit + (budget - peaks[fit]) / slope if slope > 0 else math.inf, GROWTH * fit)
         nxt = max((m for m in allowed if fit < m <= reach and (over is None or m < over)), default=None)
         if over is not None:
             between = [m for m in allowed if fit < m < over]
@@ -118,7 +124,7 @@ def worst_case_rows(m: int, info: DatasetInfo, layout: Layout) -> tuple[MicroBat
 class Probe:
     """A throwaway engine like the run's, on a fresh copy of the model, stepping worst-case micro-batches.
     :meth:`step` runs one training step (forward, backward, the optimizer's update) on ``m`` rows;
-    :meth:`peak` measures it on a GPU. :meth:`close` releases everything it holds."""
+    :meth:`peak` measures one on a GPU. :meth:`close` releases everything it holds."""
 
     def __init__(self, cfg: TrainConfig, config: BertConfig, info: DatasetInfo, world: World):
         self.info, self.world = info, world
@@ -131,31 +137,44 @@ class Probe:
         packed = cfg.data.packing
         self.layout = lambda m: Layout(pad, info.max_predictions_per_seq, m if packed else 0,
                                        info.max_seq_length if packed else 0, cfg.data.max_sequences_per_row)
+        self.update_peak = 0.0  # bytes: the highest peak of the optimizer's update, over trials and ranks
 
-    def step(self, m: int) -> None:
-        """One training step on ``m`` worst-case rows."""
+    def step(self, m: int, between: Callable[[], None] = lambda: None) -> None:
+        """One training step on ``m`` worst-case rows; ``between`` runs after the backward, before the update."""
         batch = Collator(self.layout(m))(worst_case_rows(m, self.info, self.layout(m)))["inputs"]
         batch = {k: (v.to(self.engine.device) if v is not None else None) for k, v in batch.items()}
         out = self.engine(**batch)
         self.engine.set_gradient_accumulation_boundary(True)
         self.engine.backward(out.mlm_loss_sum / batch["masked_lm_positions"].numel() + out.nsp_loss_sum / m,
                              scale_wrt_gas=False)
+        between()
         self.engine.step()
 
     def peak(self, m: int) -> float:
-        """Bytes: the highest peak of allocated GPU memory over the ranks during one step on ``m`` rows."""
+        """Bytes: the highest peak of allocated GPU memory over the ranks during the forward and backward of
+        a step on ``m`` rows: linear in ``m`` (the update's own peak does not depend on ``m``: it is kept
+        apart, in :attr:`update_peak`, so that small trials still show the slope)."""
+        peaks = []
+
+        def read() -> None:
+            torch.cuda.synchronize()
+            peaks.append(float(torch.cuda.max_memory_allocated()))
+            torch.cuda.reset_peak_memory_stats()
+
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         try:
-            self.step(m)
+            self.step(m, between=read)
         except torch.OutOfMemoryError as e:
             raise ConfigError(f"data.micro_batch_size auto: the trial with {m} rows ran out of memory (the "
-                              "budget's prediction was wrong): lower data.auto_memory_fraction or give "
+                              "prediction from smaller trials was wrong): lower data.auto_memory_fraction or give "
                               "data.micro_batch_size") from e
-        torch.cuda.synchronize()
-        most = torch.tensor([float(torch.cuda.max_memory_allocated())], dtype=torch.float64, device=self.device)
+        read()
+        most = torch.tensor(peaks, dtype=torch.float64, device=self.device)
         dist.all_reduce(most, op=dist.ReduceOp.MAX)
-        return float(most.item())
+        forward_backward, update = most.tolist()
+        self.update_peak = max(self.update_peak, update)
+        return forward_backward
 
     def close(self) -> None:
         if hasattr(self.engine, "destroy"):
@@ -182,17 +201,24 @@ def resolve(cfg: TrainConfig, config: BertConfig, info: DatasetInfo, world: Worl
         probe = Probe(cfg, config, info, world)
         with torch.random.fork_rng(devices=[torch.cuda.current_device()]):
             try:
+                probe.step(allowed[0])  # what is allocated once (optimizer states, buffers) before measuring
                 m, peaks = largest_fitting(probe.peak, budget, allowed)
             finally:
                 probe.close()
                 torch.cuda.reset_peak_memory_stats()  # the run's memory_gb is its own
+        if probe.update_peak > budget:
+            raise ConfigError(f"data.micro_batch_size auto: the optimizer's update alone peaks at "
+                              f"{probe.update_peak / 2**30:.1f} GB, over the budget of {budget / 2**30:.1f} GB: use "
+                              "ZeRO-2/3 or deepspeed.offload_optimizer")
         trials = ", ".join(f"{s}: {p / 2**30:.1f}" for s, p in sorted(peaks.items()))
-        log.info("data.micro_batch_size auto: %d rows (peak GB by rows %s; budget %.1f GB of %s's %.1f)", m, trials,
-                 budget / 2**30, props.name, props.total_memory / 2**30)
+        log.info("data.micro_batch_size auto: %d rows (forward and backward peak GB by rows %s; update %.1f; budget "
+                 "%.1f GB of %s's %.1f)", m, trials, probe.update_peak / 2**30, budget / 2**30, props.name,
+                 props.total_memory / 2**30)
         if world.rank == 0:
             run.micro_batch_file.write_text(json.dumps({
                 "micro_batch_size": m, "device": props.name, "budget_gb": round(budget / 2**30, 2),
                 "peaks_gb": {str(s): round(p / 2**30, 2) for s, p in sorted(peaks.items())},
+                "update_peak_gb": round(probe.update_peak / 2**30, 2),
                 "world_size": world.size, "zero_stage": cfg.deepspeed.zero_stage}, indent=1) + "\n")
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"micro_batch_size": m})})
 

@@ -37,11 +37,12 @@ class Trials:
 
 @pytest.mark.parametrize("budget", [100, 170, 1000, 4000, 10_000])
 def test_a_linear_peak_gives_the_largest_allowed_size_under_the_budget_in_few_trials(budget):
+    """Each trial at most GROWTH times the largest that fits: 1, 2, 16, 128, 512 at the most."""
     allowed = sizes(4096, 8, packing=False)  # 1, 2, 4, ..., 512
     trials = Trials(lambda m: 50 + 7.5 * m)
     m, peaks = largest_fitting(trials, budget, allowed)
     assert m == max(a for a in allowed if 50 + 7.5 * a <= budget)
-    assert peaks == {a: 50 + 7.5 * a for a in trials.asked} and len(trials.asked) <= 3
+    assert peaks == {a: 50 + 7.5 * a for a in trials.asked} and len(trials.asked) <= 5
     assert set(trials.asked) <= set(allowed)
 
 
