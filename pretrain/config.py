@@ -231,11 +231,11 @@ def check_against(cfg: TrainConfig, data: DatasetInfo, world_size: int, on_gpu: 
     auto = cfg.data.micro_batch_size == AUTO
     if auto and not on_gpu:
         problems.append("data.micro_batch_size auto measures the GPU's memory and needs a GPU: give a number on CPU")
-    per_step = world_size if auto else cfg.data.micro_batch_size * world_size  # auto: a size is chosen that fits
-    if cfg.deepspeed.global_batch_size % per_step and not cfg.data.packing and auto:
+    padded = not cfg.data.packing  # packed steps take as many micro-batches as they need
+    if padded and auto and cfg.deepspeed.global_batch_size % world_size:  # auto chooses a size that divides
         problems.append(f"deepspeed.global_batch_size {cfg.deepspeed.global_batch_size} does not divide into "
                         f"{world_size} ranks")
-    elif cfg.deepspeed.global_batch_size % per_step and not cfg.data.packing:
+    elif padded and not auto and cfg.deepspeed.global_batch_size % (cfg.data.micro_batch_size * world_size):
         valid = valid_micro_batches(cfg.deepspeed.global_batch_size, world_size, cfg.data.micro_batch_size)
         problems.append(
             f"deepspeed.global_batch_size {cfg.deepspeed.global_batch_size} is not a multiple of "
