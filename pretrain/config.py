@@ -208,12 +208,19 @@ def load_config(paths: str | list[str], overrides: list[str] | None = None) -> T
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
 
 
+def micro_batch_sizes(global_batch: int, world_size: int, packing: bool = False) -> list[int]:
+    """Micro-batch sizes (rows) the batch arithmetic allows at ``world_size`` ranks, ascending: divisors of
+    the per-rank batch; packed, any size up to it (steps take as many micro-batches as their packing needs)."""
+    per_rank = -(-global_batch // world_size)
+    if packing:
+        return list(range(1, per_rank + 1))
+    return [m for m in range(1, per_rank + 1) if global_batch % (m * world_size) == 0]
+
+
 def valid_micro_batches(global_batch: int, world_size: int, wanted: int) -> list[int]:
     """The micro-batch sizes nearest ``wanted`` (one below, one above) that divide ``global_batch`` over
     ``world_size`` ranks: what a run moved to another number of ranks can use."""
-    if global_batch % world_size:
-        return []
-    fits = [m for m in range(1, global_batch // world_size + 1) if (global_batch // world_size) % m == 0]
+    fits = micro_batch_sizes(global_batch, world_size)
     below = [m for m in fits if m < wanted]
     above = [m for m in fits if m > wanted]
     return ([below[-1]] if below else []) + ([above[0]] if above else [])

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,6 +47,9 @@ from preprocess.packing import pack
 from preprocess.reader import PretrainingDataset, original_ids
 from preprocess.rng import mix
 from preprocess.tokenization import mask_vocab_of
+
+if TYPE_CHECKING:
+    from preprocess.dataset import DatasetInfo
 
 IGNORE_INDEX = -100
 
@@ -317,13 +321,18 @@ class Collator:
         return {"inputs": inputs, "plan": plan, "counts": counts}
 
 
+def layout_for(info: DatasetInfo, packed_rows: int = 0, capacity: int = 0, max_per_row: int = 1) -> Layout:
+    """A dataset's layout: padded with its [PAD], its prediction budget a row; packed into ``packed_rows``
+    rows of ``capacity`` tokens, at most ``max_per_row`` sequences each, when ``packed_rows`` > 0."""
+    return Layout(info.token_id("[PAD]"), info.max_predictions_per_seq, packed_rows, capacity,
+                  max_per_row if packed_rows else 1)
+
+
 def collator_for(data: PretrainingDataset, plan: BatchPlan | None = None, remasker: Remasker | None = None) -> Collator:
     """Pads with the dataset's [PAD] and to its prediction budget; packs when ``plan`` says so."""
-    info = data.info
-    layout = Layout(info.token_id("[PAD]"), info.max_predictions_per_seq)
     if plan is not None and plan.packing:
-        layout = Layout(layout.pad_id, layout.max_predictions, plan.micro_batch, plan.capacity, plan.max_per_row)
-    return Collator(layout, remasker)
+        return Collator(layout_for(data.info, plan.micro_batch, plan.capacity, plan.max_per_row), remasker)
+    return Collator(layout_for(data.info), remasker)
 
 
 def predictions_per_row(data: PretrainingDataset, dynamic_masking: bool, lengths: np.ndarray | None = None) -> np.ndarray:

@@ -14,7 +14,8 @@ step unmeasured (what is allocated once: optimizer states, buffers), that peak g
 the rows, so two small trials predict the largest size under the budget
 (``data.auto_memory_fraction`` of the card: the rest is margin for the allocator's fragmentation,
 CUDA's context and NCCL's buffers), and further trials confirm it or close in on it
-(:func:`largest_fitting`). Sizes are those the batch arithmetic allows (:func:`sizes`). The
+(:func:`largest_fitting`). Sizes are those the batch arithmetic allows
+(:func:`pretrain.config.micro_batch_sizes`). The
 trials run eager: a compiled model needs less, so the choice stays safe with ``model.compile``.
 The probe engine, its model and optimizer states are released before the run's engine is
 built; the torch RNG state is restored, so the run is the same as with the size given by hand.
@@ -33,8 +34,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pretrain.config import ConfigError, TrainConfig
-from pretrain.data import Collator, Layout, MicroBatch
+from pretrain.config import ConfigError, TrainConfig, micro_batch_sizes
+from pretrain.data import Collator, Layout, MicroBatch, layout_for
 from pretrain.engine import build_engine
 from pretrain.model import build_model, set_activation_checkpointing
 
@@ -45,15 +46,6 @@ if TYPE_CHECKING:
     from pretrain.run_dir import RunDir
 
 log = logging.getLogger("pretrain")
-
-
-def sizes(global_batch: int, world_size: int, packing: bool) -> list[int]:
-    """Micro-batch sizes (rows) the batch arithmetic allows, ascending: divisors of the per-rank
-    batch; packed, any size up to it (steps take as many micro-batches as their packing needs)."""
-    per_rank = -(-global_batch // world_size)
-    if packing:
-        return list(range(1, per_rank + 1))
-    return [m for m in range(1, per_rank + 1) if global_batch % (m * world_size) == 0]
 
 
 GROWTH = 8  # a trial is at most this many times the largest size known to fit (a flat start predicts nothing)
@@ -133,10 +125,8 @@ class Probe:
         set_activation_checkpointing(model, cfg.model.activation_checkpointing)
         probe_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"micro_batch_size": 1})})
         self.engine = build_engine(probe_cfg, model, world.size)
-        pad = info.token_id("[PAD]")
-        packed = cfg.data.packing
-        self.layout = lambda m: Layout(pad, info.max_predictions_per_seq, m if packed else 0,
-                                       info.max_seq_length if packed else 0, cfg.data.max_sequences_per_row)
+        packed, most = cfg.data.packing, cfg.data.max_sequences_per_row
+        self.layout = lambda m: layout_for(info, m, info.max_seq_length, most) if packed else layout_for(info)
         self.update_peak = 0.0  # bytes: the highest peak of the optimizer's update, over trials and ranks
 
     def step(self, m: int, between: Callable[[], None] = lambda: None) -> None:
@@ -188,7 +178,7 @@ class Probe:
 def resolve(cfg: TrainConfig, config: BertConfig, info: DatasetInfo, world: World, run: RunDir) -> TrainConfig:
     """``cfg`` with ``data.micro_batch_size`` a number: the run directory's record, else measured (every
     rank takes part; the ranks agree, as each trial's peak is their maximum) and recorded by rank 0."""
-    allowed = sizes(cfg.deepspeed.global_batch_size, world.size, cfg.data.packing)
+    allowed = micro_batch_sizes(cfg.deepspeed.global_batch_size, world.size, cfg.data.packing)
     record = json.loads(run.micro_batch_file.read_text()) if run.micro_batch_file.exists() else None
     if record is not None:
         m = max(s for s in allowed if s <= record["micro_batch_size"])

@@ -97,8 +97,5 @@ def flops_per_token(c: BertConfig, seq: int, predictions_per_seq: int) -> float:
     Per layer and token: 24 H^2 (QKV, output, FFN with I = 4H in general 2*(4H^2 + 2HI))
     plus attention 4 S H; the MLM head on the masked fraction: 2 H^2 + 2 H V.
     """
-    h, i, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
-    per_layer = 2 * (4 * h * h + 2 * h * i) + 4 * seq * h
-    head = (predictions_per_seq / seq) * (2 * h * h + 2 * h * c.vocab_size)
-    return 3.0 * (L * per_layer + head)
+    return training_flops(c, seq, seq * seq, predictions_per_seq) / seq
 

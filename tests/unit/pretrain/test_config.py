@@ -2,7 +2,13 @@ import pytest
 
 from preprocess.dataset import DatasetInfo, SplitInfo
 from preprocess.masking import MaskingParams
-from pretrain.config import ConfigError, apply_overrides, check_against, load_config
+from pretrain.config import (
+    ConfigError,
+    apply_overrides,
+    check_against,
+    load_config,
+    micro_batch_sizes,
+)
 
 
 def data_with(**rows: int) -> DatasetInfo:
@@ -121,3 +127,9 @@ def test_micro_batch_size_is_a_number_or_auto():
     with pytest.raises(ConfigError, match="global_batch_size 15 does not divide into 2 ranks"):
         check_against(cfg, MANIFEST, world_size=2, on_gpu=True)
     check_against(cfg, MANIFEST, world_size=3, on_gpu=True)  # any size that divides 5 will do
+
+
+def test_sizes_are_those_the_batch_arithmetic_allows():
+    assert micro_batch_sizes(48, 2, packing=False) == [1, 2, 3, 4, 6, 8, 12, 24]
+    assert micro_batch_sizes(36, 3, packing=False) == [1, 2, 3, 4, 6, 12]
+    assert micro_batch_sizes(10, 4, packing=True) == [1, 2, 3]  # packed: any size up to the per-rank batch

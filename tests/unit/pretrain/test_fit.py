@@ -8,20 +8,14 @@ from pathlib import Path
 import pytest
 
 from preprocess.reader import PretrainingDataset
-from pretrain.config import ConfigError, load_config
+from pretrain.config import ConfigError, load_config, micro_batch_sizes
 from pretrain.data import Collator, Layout
 from pretrain.distributed import World
-from pretrain.fit import largest_fitting, resolve, sizes, worst_case_rows
+from pretrain.fit import largest_fitting, resolve, worst_case_rows
 from pretrain.model_config import BertConfig
 from pretrain.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def test_sizes_are_those_the_batch_arithmetic_allows():
-    assert sizes(48, 2, packing=False) == [1, 2, 3, 4, 6, 8, 12, 24]
-    assert sizes(36, 3, packing=False) == [1, 2, 3, 4, 6, 12]
-    assert sizes(10, 4, packing=True) == [1, 2, 3]  # packed: any size up to the per-rank batch
 
 
 class Trials:
@@ -38,7 +32,7 @@ class Trials:
 @pytest.mark.parametrize("budget", [100, 170, 1000, 4000, 10_000])
 def test_a_linear_peak_gives_the_largest_allowed_size_under_the_budget_in_few_trials(budget):
     """Each trial at most GROWTH times the largest that fits: 1, 2, 16, 128, 512 at the most."""
-    allowed = sizes(4096, 8, packing=False)  # 1, 2, 4, ..., 512
+    allowed = micro_batch_sizes(4096, 8, packing=False)  # 1, 2, 4, ..., 512
     trials = Trials(lambda m: 50 + 7.5 * m)
     m, peaks = largest_fitting(trials, budget, allowed)
     assert m == max(a for a in allowed if 50 + 7.5 * a <= budget)
