@@ -35,10 +35,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
+import sys
 from collections.abc import Iterator
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from preprocess import logs
 from preprocess.config import ConfigError
@@ -57,8 +60,6 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | No
         if is_dask(opts):
             standard.runner = DASK_RUNNER
         return opts, None
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
     direct = opts.view_as(DirectOptions)
 
     def given(flag: str) -> bool:
@@ -69,7 +70,36 @@ def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | No
         direct.direct_num_workers = os.cpu_count() or 1
     if not given("--direct_running_mode"):
         direct.direct_running_mode = "multi_processing" if direct.direct_num_workers > 1 else "in_memory"
-    return opts, FnApiRunner(provision_info=_worker_provision(opts))
+    provision = _worker_provision(opts)
+    if direct.direct_running_mode == "multi_processing" and logs.is_quiet():
+        return opts, LocalRunner(provision_info=provision)
+    return opts, FnApiRunner(provision_info=provision)
+
+
+class LocalRunner(FnApiRunner):
+    """Beam's local runner in multi-processing mode, its workers started through :mod:`preprocess.worker`.
+
+    ``FnApiRunner.run_pipeline`` replaces the runner's worker environment with Beam's stock
+    command whenever ``direct_running_mode`` is ``multi_processing``; the mode is set aside
+    for that one call (the run is synchronous) so that the environment given here is used,
+    with the same worker count and everything else unchanged.
+    """
+
+    WORKER_COMMAND = f"{shlex.quote(sys.executable)} -m preprocess.worker"
+
+    def __init__(self, provision_info: object | None = None):
+        from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+        super().__init__(default_environment=SubprocessSDKEnvironment.from_command_string(self.WORKER_COMMAND),
+                         provision_info=provision_info)
+
+    def run_pipeline(self, pipeline: beam.Pipeline, options: PipelineOptions) -> object:
+        direct = options.view_as(DirectOptions)
+        mode, direct.direct_running_mode = direct.direct_running_mode, None
+        try:
+            return super().run_pipeline(pipeline, options)
+        finally:
+            direct.direct_running_mode = mode
 
 
 def is_dask(opts: PipelineOptions) -> bool:

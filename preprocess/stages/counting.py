@@ -12,6 +12,7 @@ runner hands every output of one to every consumer (see :mod:`preprocess.runners
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
@@ -50,7 +51,9 @@ class ByTag(beam.PTransform):
         super().__init__()
         self.tags = tags
 
-    def expand(self, records: beam.PCollection) -> dict[str, beam.PCollection]:
+    # Returns {tag: PCollection}, not annotated: Beam reads an expand's annotations as the element
+    # types of one PCollection (Beam 2.78 warns on any other), as in every multi-output transform here.
+    def expand(self, records: beam.PCollection):
         return {tag: records | f"Only[{tag}]" >> beam.FlatMap(_values_of(tag)) for tag in self.tags}
 
 
@@ -63,7 +66,7 @@ class SumStats(CombineFn):
     def add_input(self, acc: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
         return add_stats(acc, stats)
 
-    def merge_accumulators(self, accs: list[dict[str, Any]]) -> dict[str, Any]:
+    def merge_accumulators(self, accs: Iterable[dict[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for a in accs:
             out = add_stats(out, a)

@@ -13,7 +13,7 @@ neighbouring shard's writer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,10 +91,11 @@ class _ResolveAndMaskFn(beam.DoFn):
         self.output, self.split, self.spec = output, split, spec
         self.max_num_tokens, self.num_shards = max_num_tokens, num_shards
 
-    def process(self, element: tuple[int, dict[str, list]]):
+    def process(self, element: tuple[int, dict[str, Iterable[Any]]]):
         bucket, joined = element
         groups = [g.load() if isinstance(g, SpilledBlocks) else g for g in joined["blocks"]]
-        first, total = joined["place"][0] if joined["place"] else (0, 0)  # no place: a bucket of donors only
+        place = next(iter(joined["place"]), None)
+        first, total = place if place else (0, 0)  # no place: a bucket of donors only
         home: list[tuple[int, pa.RecordBatch]] = []
         shards = 0
         for piece in mask_bucket(bucket, groups, first, total, self.spec, self.max_num_tokens, self.num_shards):
@@ -130,7 +131,7 @@ class MaskInstances(beam.PTransform):
         self.args = (output, split, spec, max_num_tokens, num_shards)
         self.counts = counts
 
-    def expand(self, items: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, items: beam.PCollection):  # -> {tag: PCollection}, see ByTag.expand
         places = (
             self.counts
             | "CountRows" >> beam.CombinePerKey(sum)

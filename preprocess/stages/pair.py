@@ -131,5 +131,5 @@ class CreatePairs(beam.PTransform):
         super().__init__()
         self.args = (split, params, dupe_factor, seed, buckets, spill_dir)
 
-    def expand(self, docs: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, docs: beam.PCollection):  # -> {tag: PCollection}, see ByTag.expand
         return docs | "Plan" >> beam.ParDo(_PairFn(*self.args)) | ByTag("items", "counts", STATS)

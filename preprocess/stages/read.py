@@ -74,7 +74,7 @@ class ReadCorpus(beam.PTransform):
         super().__init__()
         self.params = params
 
-    def expand(self, files: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, files: beam.PCollection):  # -> {tag: PCollection}, see ByTag.expand
         return files | "ReadFiles" >> beam.ParDo(_ReadFileFn(self.params)) | ByTag(DOCUMENTS, STATS)
 
 

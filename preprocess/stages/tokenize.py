@@ -87,6 +87,6 @@ class TokenizeDocuments(beam.PTransform):
         self.args = (spec, max_sentence_tokens, token_dtype, threads, validation_fraction)
         self.validation_fraction = validation_fraction
 
-    def expand(self, batches: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, batches: beam.PCollection):  # -> {tag: PCollection}, see ByTag.expand
         splits = ("train", "validation") if self.validation_fraction > 0 else ("train",)
         return batches | "Encode" >> beam.ParDo(_TokenizeFn(*self.args)) | ByTag(*splits, STATS)

@@ -8,6 +8,7 @@ final transform, which joins every shard's record with the summed stats under on
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
@@ -31,7 +32,7 @@ from preprocess.stages.counting import NAMESPACE
 from preprocess.stages.mask import ParkedRows
 
 
-def shard_bytes(pieces: list[tuple[int, pa.RecordBatch | ParkedRows]], token_dtype: str,
+def shard_bytes(pieces: Iterable[tuple[int, pa.RecordBatch | ParkedRows]], token_dtype: str,
                 metadata: dict[str, str]) -> tuple[bytes, int, int]:
     """The Arrow IPC file of a shard's pieces in position order; its bytes, rows and tokens."""
     pieces = sorted(pieces, key=lambda x: x[0])
@@ -47,7 +48,7 @@ class _WriteShardFn(beam.DoFn):
     def __init__(self, output: str, split: str, token_dtype: str, metadata: dict[str, str]):
         self.output, self.split, self.token_dtype, self.metadata = output, split, token_dtype, metadata
 
-    def process(self, element: tuple[tuple[int, int], list]):
+    def process(self, element: tuple[tuple[int, int], Iterable[tuple[int, pa.RecordBatch | ParkedRows]]]):
         (shard, shards), pieces = element
         meta = {**self.metadata, "split": self.split, "shard": str(shard), "shards": str(shards)}
         data, rows, tokens = shard_bytes(pieces, self.token_dtype, meta)
@@ -81,7 +82,7 @@ class _WriteManifestFn(beam.DoFn):
     def __init__(self, output: str, header: dict[str, Any]):
         self.output, self.header = output, header
 
-    def process(self, element: tuple[int, dict[str, list]]):
+    def process(self, element: tuple[int, dict[str, Iterable[Any]]]):
         _, joined = element
         manifest = manifest_of(self.header, list(joined["shards"]), dict(joined["stats"]))
         remove_parts(self.output)
@@ -97,7 +98,7 @@ class WriteManifest(beam.PTransform):
         super().__init__()
         self.output, self.header = output, header
 
-    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
+    def expand(self, inputs) -> beam.PCollection:  # inputs: {tag: PCollection}, see ByTag.expand
         keyed = {tag: pcoll | f"Key[{tag}]" >> beam.Map(lambda v: (0, v)) for tag, pcoll in inputs.items()}
         return (
             keyed

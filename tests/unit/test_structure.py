@@ -96,6 +96,10 @@ def test_files_are_short_and_say_what_they_own(name):
         assert ast.get_docstring(ast.parse(source)), f"{path}: no module docstring"
 
 
+def beam_transform(scope: ast.AST) -> bool:
+    return isinstance(scope, ast.ClassDef) and any(ast.unparse(b) == "beam.PTransform" for b in scope.bases)
+
+
 def untyped(path: Path) -> list[str]:
     """Public functions and methods of public classes with an argument or return left untyped."""
     out = []
@@ -110,6 +114,10 @@ def untyped(path: Path) -> list[str]:
             missing = [a.arg for a in args if a.annotation is None]
             if f.returns is None and f.name != "__init__":
                 missing.append("return")
+            if f.name == "expand" and beam_transform(scope):
+                # Beam reads an expand's annotations as the element types of one PCollection: a
+                # dict of PCollections in or out stays unannotated (Beam >= 2.78 warns otherwise)
+                missing = []
             if missing:
                 out.append(f"{path.relative_to(ROOT)}:{f.lineno} {prefix}{f.name}: {', '.join(missing)}")
     return out
