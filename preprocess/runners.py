@@ -10,7 +10,7 @@
   client.
 * Any other runner option is passed through unchanged (Dataflow, Flink, Spark, portable).
 
-Beam's Dask runner (Beam 2.77) translates a pipeline into Dask bags and runs some shapes
+Beam's Dask runner (Beam 2.71 to 2.78, as tested) translates a pipeline into Dask bags and runs some shapes
 wrongly without a word. :func:`check_dask_shape` refuses those before any work:
 
 1. a ``ParDo`` with several outputs: every output is the same bag, so each consumer

@@ -10,11 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${GPU_PYTHON:-3.12}
-ds=$(python3 -c 'import deepspeed; print(deepspeed.__version__)' 2>/dev/null | tail -n 1)
+# every version from constraints.txt (what the suite passed with); the GPU image's torch is kept
+grep -v -E '^torch==' constraints.txt > .wheels.constraints
+trap 'rm -f .wheels.constraints' EXIT
 mkdir -p .wheels
-DS_BUILD_OPS=0 python3 -m pip wheel -q --no-deps --no-binary deepspeed "deepspeed==${ds:-0.19.8}" -w .wheels
+DS_BUILD_OPS=0 python3 -m pip wheel -q --no-deps --no-binary deepspeed -c .wheels.constraints deepspeed -w .wheels
 python3 -m pip download -q --only-binary=:all: --python-version "$py" --platform manylinux2014_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .wheels \
+    --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .wheels -c .wheels.constraints \
     pydantic hjson msgpack ninja py-cpuinfo einops psutil
 rm -rf .gpu-data
 python3 -m preprocess.example --output .gpu-data --vocab-size 8000 \
