@@ -79,7 +79,13 @@ def prepare_output(output: str) -> None:
     if _is_local(output) and os.path.exists(output) and not os.path.isdir(output):
         raise ConfigError(f"--output {output}: is a file; give a directory (it is created if missing)")
     if not FileSystems.exists(output):
-        FileSystems.mkdirs(output)
+        try:
+            FileSystems.mkdirs(output)
+        except OSError as e:  # Beam wraps the OS's error in another
+            cause = e.args[0] if e.args and isinstance(e.args[0], OSError) else e
+            where = f" at {cause.filename}" if getattr(cause, "filename", None) else ""
+            raise ConfigError(f"--output {output}: cannot create it ({cause.strerror or cause}{where}); "
+                              "give a directory whose parent exists and is writable") from None
     manifest = FileSystems.join(output, MANIFEST_NAME)
     if FileSystems.exists(manifest):
         FileSystems.delete([manifest])

@@ -21,7 +21,7 @@ from preprocess.tokenization import VocabError, vocab_file_fingerprint
 from pretrain.checkpoint import CheckpointManager
 from pretrain.hf_format import save_pretrained
 from pretrain.model import BertForPreTraining
-from pretrain.run_dir import RunDir
+from pretrain.run_dir import RunDir, directory_problem
 
 
 class ExportError(ValueError):
@@ -42,6 +42,9 @@ def export_checkpoint(run_dir: str, out: str | None = None, step: int | None = N
     """Write the newest complete checkpoint (or step ``step``) of ``run_dir`` to ``out``
     (default: the run directory's ``export/``); the checkpoint exported."""
     run = RunDir(run_dir)
+    target = Path(out) if out else run.export
+    if problem := directory_problem(target):
+        raise ExportError(f"output {target}: {problem}; give a directory (it is created if missing)")
     manager = CheckpointManager(run.checkpoints, keep_last=1, rank=0)
     done = manager.complete()
     if step is not None:
@@ -65,7 +68,7 @@ def export_checkpoint(run_dir: str, out: str | None = None, step: int | None = N
     model = BertForPreTraining(run.model_config())
     model.load_state_dict(consolidated_state(checkpoint), strict=True)
     model.tie_weights()
-    save_pretrained(model, str(out or run.export), vocab_file=ref.vocab_file, lower_case=ref.lower_case,
+    save_pretrained(model, str(target), vocab_file=ref.vocab_file, lower_case=ref.lower_case,
                     vocab_fingerprint=ref.fingerprint)
     return checkpoint
 

@@ -56,6 +56,20 @@ class BertConfig:
         return cls.named(size, vocab_size=(info.vocab_size + 7) // 8 * 8,
                          max_position_embeddings=max(512, info.max_seq_length), **overrides)
 
+    SHAPE = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "max_position_embeddings", "type_vocab_size")  # what a checkpoint's tensors depend on
+
+    def shape(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.SHAPE}
+
+    def describe_shape(self) -> str:
+        """E.g. ``tiny (hidden 128, 2 layers, 2 heads, FFN 512, vocabulary 3000, 512 positions)``."""
+        named = [n for n, dims in SIZES.items() if all(getattr(self, k) == v for k, v in dims.items())]
+        dims = (f"hidden {self.hidden_size}, {self.num_hidden_layers} layers, {self.num_attention_heads} heads, "
+                f"FFN {self.intermediate_size}, vocabulary {self.vocab_size}, {self.max_position_embeddings} "
+                f"positions")
+        return f"{named[0]} ({dims})" if named else f"({dims})"
+
     def to_hf_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "extra"}
         return {**self.extra, **d, "model_type": "bert", "architectures": ["BertForPreTraining"]}

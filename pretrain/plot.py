@@ -13,6 +13,9 @@ from pretrain.run_dir import RunDir
 
 def load(run: RunDir) -> tuple[list[dict], list[dict]]:
     """Training records and evaluation records of a run's metrics.jsonl."""
+    if not run.metrics.is_file():
+        raise FileNotFoundError(f"{run.metrics}: no such file; is {run.root} a run directory that has "
+                                "logged a step?")
     records = [json.loads(line) for line in open(run.metrics, encoding="utf-8")]
     return [r for r in records if "loss" in r], [r for r in records if "eval_mlm_loss" in r]
 

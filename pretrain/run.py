@@ -24,7 +24,7 @@ from pretrain.data import BatchPlan, make_loader
 from pretrain.distributed import StopSignal, World, end_distributed, init_distributed
 from pretrain.engine import build_engine
 from pretrain.evaluation import Evaluator
-from pretrain.hf_format import load_pretrained, vocab_fingerprint
+from pretrain.hf_format import CheckpointFormatError, load_pretrained, vocab_fingerprint
 from pretrain.metrics import MetricsLogger, WandbSink, wandb_mode
 from pretrain.model import (
     BertConfig,
@@ -43,16 +43,19 @@ def train(cfg: TrainConfig, world: World) -> dict:
     """Train to ``optim.total_steps`` (or ``stop_at_step``), resuming from the newest complete
     checkpoint; the final state, with ``finished`` set when the schedule's end was reached."""
     run = RunDir(cfg.run_dir)
+    if problem := run.path_problem():
+        raise ConfigError(f"run_dir {run.root}: {problem}; give a directory (it is created if missing)")
     data = PretrainingDataset(cfg.data.path, cfg.data.train_split)
     info = data.info
     check_against(cfg, info, world.size, on_gpu=torch.cuda.is_available())
     started_on = run.data_ref()
     if started_on is not None:
         info.check_vocab(started_on.fingerprint, f"run_dir {run.root} (started on {started_on.path})")
-    if world.rank == 0:
+    model = build(cfg, info)
+    check_resumable(run, model.config)
+    if world.rank == 0:  # after every check: a refused run leaves no directory behind
         run.create()
     init_distributed(world, cfg.deepspeed.dist_timeout_minutes)
-    model = build(cfg, info)
     if cfg.data.micro_batch_size == AUTO:
         cfg = fit.resolve(cfg, model.config, info, world, run)
     if world.rank == 0:  # the configuration as run; what export needs to rebuild the model and its tokenizer
@@ -121,13 +124,31 @@ def train(cfg: TrainConfig, world: World) -> dict:
     return {**state, "finished": finished}
 
 
+def check_resumable(run: RunDir, config: BertConfig) -> None:
+    """A run directory with checkpoints resumes only the model they hold: refuse another shape
+    before anything in the directory is rewritten."""
+    if not (run.has_checkpoints() and run.model_config_file.exists()):
+        return
+    held = run.model_config()
+    if held.shape() != config.shape():
+        raise ConfigError(
+            f"run_dir {run.root}: its checkpoints hold a model of shape {held.describe_shape()}, this config "
+            f"builds {config.describe_shape()}; give a new run_dir, or start from the trained weights with "
+            f"model.init_from (an export: python -m pretrain export {run.root})")
+
+
 def build(cfg: TrainConfig, info: DatasetInfo) -> BertForPreTraining:
     """The model: fresh (seeded, the same on every rank) or from ``model.init_from`` (phase 2),
     checked against the data's vocabulary and sequence length."""
     if cfg.model.init_from:
         source = f"model.init_from {cfg.model.init_from}"
-        info.check_vocab(vocab_fingerprint(cfg.model.init_from), source)
-        model, report = load_pretrained(cfg.model.init_from)
+        try:
+            info.check_vocab(vocab_fingerprint(cfg.model.init_from), source)
+            model, report = load_pretrained(cfg.model.init_from)
+        except CheckpointFormatError as e:
+            reason = str(e).removeprefix(f"{cfg.model.init_from}: ")
+            raise ConfigError(f"{source}: {reason}; give a directory written by python -m pretrain export "
+                              "(or a transformers BERT checkpoint)") from None
         if model.config.vocab_size < info.vocab_size:
             raise ConfigError(f"{source}: vocabulary {model.config.vocab_size} is smaller than the data's "
                               f"{info.vocab_size}")

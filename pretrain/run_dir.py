@@ -22,6 +22,7 @@ Nothing else in the project spells these names.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,20 @@ class DataRef:
     vocab_file: str
     lower_case: bool
     fingerprint: str
+
+
+def directory_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be written to as a directory (existing, or created with its parents), or None."""
+    if path.exists():
+        if not path.is_dir():
+            return "is an existing file, not a directory"
+        return None if os.access(path, os.W_OK | os.X_OK) else "is not writable"
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is a file"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot be created: {parent} is not writable"
 
 
 class RunDir:
@@ -59,6 +74,13 @@ class RunDir:
 
     PATHS = ("config", "model_config_file", "data_file", "micro_batch_file", "checkpoints", "metrics",
              "metrics_superseded", "curves", "wandb_id", "finished_file", "export")
+
+    def path_problem(self) -> str | None:
+        """Why this path cannot be (or become) a run directory, or None: checked on every rank at start."""
+        return directory_problem(self.root)
+
+    def has_checkpoints(self) -> bool:
+        return self.checkpoints.is_dir() and any(self.checkpoints.glob("step_*"))
 
     def create(self) -> RunDir:
         self.root.mkdir(parents=True, exist_ok=True)

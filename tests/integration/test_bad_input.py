@@ -54,6 +54,9 @@ PREPROCESS_CASES = {
                                     ["v.txt lacks BERT special tokens: [PAD], [CLS]"]),
     "output is a file": (lambda t, c, v: {"--output": _file(t, "taken", b"keep me")}, 2,
                          ["--output", "taken: is a file"]),
+    "output under a file": (lambda t, c, v: {"--output": _file(t, "taken", b"keep me") + "/out"}, 2,
+                            ["--output", "taken/out: cannot create it (Not a directory at", "taken",
+                             "whose parent exists and is writable"]),
     "zero shards": (lambda t, c, v: {"--num-shards": "0"}, 2, ["--num-shards 0: Input should be greater"]),
     "sequence length too short": (lambda t, c, v: {"--max-seq-length": "4"}, 2, ["--max-seq-length 4"]),
     "sequence length too long": (lambda t, c, v: {"--max-seq-length": "70000"}, 2, ["--max-seq-length 70000"]),
@@ -80,7 +83,7 @@ def test_preprocess_rejects(case, corpus_dir, vocab_file, tmp_path):
     assert_one_clear_line(proc, code, *needles)
     if code == 2:  # refused before any work: nothing written
         assert not (tmp_path / "out").exists()
-    if case == "output is a file":
+    if case in ("output is a file", "output under a file"):
         assert (tmp_path / "taken").read_bytes() == b"keep me"
 
 
@@ -97,8 +100,26 @@ def _shard(d: Path) -> Path:
     return sorted((d / "train").glob("shard-*.arrow"))[0]
 
 
-def _damage(kind: str, data: Path, tmp: Path) -> tuple[list[str], list[str]]:
-    """Damage a copy of the dataset (or make a bad config); the extra arguments and what the line says."""
+def _damage(kind: str, data: Path, tmp: Path, run_dir: Path) -> tuple[list[str], list[str]]:
+    """Damage a copy of the dataset (or make a bad config or run directory); the extra arguments and
+    what the line says."""
+    if kind == "run directory is a file":
+        run_dir.write_text("keep me")
+        return [], [f"run_dir {run_dir}: is an existing file", "give a directory"]
+    if kind == "run directory under a file":
+        (tmp / "taken").write_text("keep me")
+        return [f"run_dir={tmp / 'taken' / 'run'}"], ["run_dir", f"cannot be created: {tmp / 'taken'} is a file"]
+    if kind == "resume with another model shape":  # a tiny run, checkpointed, then resumed as mini
+        proc = run("pretrain", "--config", "configs/tiny-cpu.yaml", f"data.path={data}", f"run_dir={run_dir}",
+                   "data.num_workers=0", "optim.total_steps=2", "optim.warmup_steps=1", "logging.wandb=disabled",
+                   "eval.every_steps=0", "checkpoint.every_steps=2")
+        assert proc.returncode == 0 and (run_dir / "checkpoints").is_dir(), proc.stderr[-3000:]
+        return ["model.size=mini", "optim.total_steps=4"], [
+            "its checkpoints hold a model of shape tiny (hidden 128, 2 layers", "this config builds mini (hidden 256",
+            "give a new run_dir", "model.init_from"]
+    if kind == "missing initial weights":
+        return [f"model.init_from={tmp / 'no-export'}"], ["model.init_from", "no-export: no config.json",
+                                                          "python -m pretrain export"]
     if kind == "missing data directory":
         return [f"data.path={tmp / 'nowhere'}"], ["nowhere/manifest.json: no manifest"]
     if kind == "directory that is not a dataset":
@@ -136,23 +157,34 @@ def _damage(kind: str, data: Path, tmp: Path) -> tuple[list[str], list[str]]:
 
 PRETRAIN_CASES = ["missing data directory", "directory that is not a dataset", "truncated shard",
                   "manifest not JSON", "manifest damaged", "bit-flipped shards", "bad YAML", "unknown section",
-                  "out-of-range value", "not a number", "missing config file"]
+                  "out-of-range value", "not a number", "missing config file", "run directory is a file",
+                  "run directory under a file", "resume with another model shape", "missing initial weights"]
+
+
+def _tree(path: Path) -> object:
+    """A path's whole content: None when absent, bytes for a file, {relative path: bytes} for a directory."""
+    if not path.exists():
+        return None
+    if path.is_file():
+        return path.read_bytes()
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("case", PRETRAIN_CASES)
 def test_pretrain_rejects(case, dataset, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
-    extra, needles = _damage(case, data, tmp_path)
-    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
     run_dir = tmp_path / "run"
+    extra, needles = _damage(case, data, tmp_path, run_dir)
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    run_before = _tree(run_dir), _tree(tmp_path / "taken")
     proc = run("pretrain", "--config", "configs/tiny-cpu.yaml", f"data.path={data}", f"run_dir={run_dir}",
                "data.num_workers=0", "optim.total_steps=20", "optim.warmup_steps=1", "logging.wandb=disabled",
                *extra)
     assert_one_clear_line(proc, 2, *needles)
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before  # the dataset is untouched
-    if case != "bit-flipped shards":  # refused before any work
-        assert not run_dir.exists()
+    if case != "bit-flipped shards":  # refused before any work: the run directory as it was (or absent)
+        assert (_tree(run_dir), _tree(tmp_path / "taken")) == run_before
     else:  # stopped at the first damaged row, before any step used it: nothing was checkpointed
         assert not (run_dir / "checkpoints").exists()
         assert not (run_dir / "metrics.jsonl").exists() or not json.loads(
