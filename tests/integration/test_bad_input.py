@@ -189,3 +189,25 @@ def test_pretrain_rejects(case, dataset, tmp_path):
         assert not (run_dir / "checkpoints").exists()
         assert not (run_dir / "metrics.jsonl").exists() or not json.loads(
             "[" + ",".join((run_dir / "metrics.jsonl").read_text().split()) + "]")
+
+
+# ------------------------------------------------------------- python -m pretrain export / plot
+OTHER_CASES = {
+    # name: (arguments given tmp, what the line says); each checked before anything is read or written
+    "export to a file": (lambda t: ["export", str(t / "run"), _file(t, "taken", b"keep me")],
+                         ["output", "taken: is an existing file"]),
+    "export under a file": (lambda t: ["export", str(t / "run"), _file(t, "taken", b"keep me") + "/out"],
+                            ["output", "taken/out: cannot be created:", "taken is a file"]),
+    "plot without metrics": (lambda t: ["plot", str(t / "run")], ["run/metrics.jsonl: no such file",
+                                                                  "a run directory that has logged a step"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OTHER_CASES))
+def test_pretrain_commands_reject(case, tmp_path):
+    args, needles = OTHER_CASES[case]
+    proc = run("pretrain", *args(tmp_path))
+    assert_one_clear_line(proc, 2, *needles)
+    assert not (tmp_path / "run").exists()
+    if (tmp_path / "taken").exists():
+        assert (tmp_path / "taken").read_bytes() == b"keep me"
