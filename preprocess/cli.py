@@ -17,10 +17,16 @@ class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
             return action.help
         return super()._get_help_string(action)
 
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n  " in text:  # a list with one indented item per line (an epilog): kept as written
+            return "".join(indent + line + "\n" for line in text.splitlines())
+        return super()._fill_text(text, width, indent)
 
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` that shows defaults; ``description`` may be a docstring's paragraph."""
-    return argparse.ArgumentParser(prog=prog, description=plain(description), allow_abbrev=False,
+
+def parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` that shows defaults; ``description`` may be a docstring's paragraph;
+    an ``epilog`` of indented lines is shown as written."""
+    return argparse.ArgumentParser(prog=prog, description=plain(description), epilog=epilog, allow_abbrev=False,
                                    formatter_class=_ShowDefaults)
 
 

@@ -41,7 +41,8 @@ class PreprocessConfig(BaseModel):
     lower_case: bool = Field(True, description="lower-case and strip accents (vocab.txt only)")
     max_seq_length: int = Field(128, ge=8, le=65535, description="tokens per sequence, [CLS] and both [SEP] included")
     dupe_factor: int = Field(5, ge=1, description="passes over the corpus, each with new pairs and masks")
-    num_shards: int = Field(64, ge=1, description="training shards (validation gets its share)")
+    num_shards: int = Field(64, ge=1, description="training shards (validation gets its share); choose about "
+                            "256 MB-1 GB of output each (one worker writes a shard)")
     seed: int = Field(12345, ge=0, lt=2**63, description="all randomness derives from it and stable document ids")
     validation_fraction: float = Field(0.0, ge=0, lt=1,
                                        description="fraction of documents (by id hash) held out as the validation split")

@@ -2,7 +2,8 @@
 ``python -m pretrain export RUN_DIR [OUT] [--step N]`` writes a Hugging Face directory;
 ``python -m pretrain plot RUN_DIR`` draws the loss and accuracy curves;
 ``python -m pretrain status RUN_DIR`` says where a run stands (exit 0 once finished);
-``python -m pretrain path RUN_DIR NAME`` prints a path inside a run directory (for batch scripts).
+``python -m pretrain path RUN_DIR NAME`` prints a path inside a run directory (for batch scripts);
+``python -m pretrain config-doc`` writes docs/configuration.md from the typed configuration.
 
 Training runs the same under ``torchrun``, ``deepspeed`` or ``srun`` for many ranks.
 """
@@ -24,13 +25,20 @@ def main(argv: list[str] | None = None) -> int:
         from pretrain.plot import main as plot_main
 
         return plot_main(argv[1:])
+    if command == "config-doc":
+        from pretrain.config_doc import main as config_doc_main
+
+        return config_doc_main(argv[1:])
     if command in ("status", "path"):
         from pretrain import status
 
         return (status.main if command == "status" else status.path_main)(argv[1:])
     from preprocess.cli import parser
+    from pretrain.config_doc import usage_sections
 
-    p = parser("python -m pretrain", __doc__.split("\n\n")[0])
+    p = parser("python -m pretrain", __doc__.split("\n\n")[0],
+               epilog="config sections (every field: docs/configuration.md, or python -m pretrain config-doc):\n"
+               + usage_sections())
     p.add_argument("--config", required=True, action="append",
                    help="YAML recipe, e.g. configs/tiny-cpu.yaml; repeat to merge (e.g. configs/deepspeed/zero3.yaml)")
     p.add_argument("overrides", nargs="*", help="section.field=value, e.g. optim.lr=3e-4")

@@ -32,78 +32,109 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    size: Literal["tiny", "mini", "small", "base", "large"] = "tiny"
-    init_from: str | None = None  # a Hugging Face-format directory (phase 2 starts from phase 1's export)
+    """The BERT model: its size, initial weights, activation checkpointing and compilation."""
+
+    size: Literal["tiny", "mini", "small", "base", "large"] = Field(
+        "tiny", description="named size: tiny 128 hidden x 2 layers, mini 256 x 4, small 512 x 4, base 768 x 12, "
+        "large 1024 x 24 (vocabulary and positions come from the dataset)")
+    init_from: str | None = Field(None, description="start from these weights: a directory written by python -m "
+                                  "pretrain export (phase 2 starts from phase 1's export), or a transformers BERT")
     activation_checkpointing: int = Field(0, ge=0, description="0 off, 1 every layer, k every k-th layer")
     compile: bool = Field(False, description="torch.compile the model (DeepSpeed's engine.compile); the first "
                           "step of a process compiles and is left out of throughput and ETA")
     compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
         "inductor", description="torch.compile's backend: inductor generates fused kernels; aot_eager and eager "
         "only trace (for checking a model compiles)")
-    hidden_dropout_prob: float = Field(0.1, ge=0, lt=1)
-    attention_probs_dropout_prob: float = Field(0.1, ge=0, lt=1)
+    hidden_dropout_prob: float = Field(0.1, ge=0, lt=1, description="dropout after embeddings, attention "
+                                       "output and feed-forward (BERT's hidden_dropout_prob)")
+    attention_probs_dropout_prob: float = Field(0.1, ge=0, lt=1, description="dropout on attention "
+                                                "probabilities (BERT's attention_probs_dropout_prob)")
 
 
 class DataSection(_Section):
-    path: str
-    train_split: str = "train"
-    eval_split: str = "validation"
+    """The dataset (python -m preprocess's output) and how batches are made from it."""
+
+    path: str = Field(..., description="dataset directory (manifest.json and shards) written by python -m preprocess")
+    train_split: str = Field("train", description="split trained on")
+    eval_split: str = Field("validation", description="split evaluated on (eval.every_steps)")
     micro_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         8, description="rows a micro-batch; auto: the largest whose step fits the GPU (pretrain.fit)")
     auto_memory_fraction: float = Field(0.9, gt=0, le=1, description="micro_batch_size auto: the share of the "
                                         "GPU's memory a step may peak at")
-    num_workers: int = Field(2, ge=0)
-    seed: int = 1234
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank; 0 loads in the "
+                             "training process")
+    seed: int = Field(1234, description="the training order, dropout and initial weights derive from it")
     length_bucketing: int = Field(0, ge=0, description="window of global steps sorted by length; 0: off")
-    dynamic_masking: bool = False  # new masks each epoch instead of the preprocessed ones
+    dynamic_masking: bool = Field(False, description="new masks each epoch instead of the preprocessed ones")
     packing: bool = Field(False, description="pack each global batch's sequences into full rows (micro_batch_size "
                           "then counts rows); not with length_bucketing")
     max_sequences_per_row: int = Field(3, ge=1, description="packed sequences per row at most")
 
 
 class OptimSection(_Section):
-    name: Literal["adamw", "lamb"] = "adamw"  # lamb: pretrain.optim, correct under every ZeRO stage
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-6, gt=0)
-    warmup_steps: int = Field(0, ge=0)
-    total_steps: int = Field(..., ge=1)
-    schedule: Literal["linear", "poly"] = "linear"
+    """The optimizer and its learning-rate schedule."""
+
+    name: Literal["adamw", "lamb"] = Field("adamw", description="adamw: torch's AdamW (fused on a GPU); lamb: LAMB "
+                                          "(pretrain.optim), correct under every ZeRO stage")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate, reached at the end of warm-up")
+    weight_decay: float = Field(0.01, ge=0, description="decoupled weight decay; biases and LayerNorm weights "
+                                "are not decayed")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's and LAMB's moment coefficients")
+    eps: float = Field(1e-6, gt=0, description="added to the second moment's root")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up from 0 to lr")
+    total_steps: int = Field(..., ge=1, description="optimizer steps of the whole schedule; the run finishes there")
+    schedule: Literal["linear", "poly"] = Field("linear", description="decay after warm-up, to 0 at total_steps")
     power: float = Field(1.0, gt=0, description="poly decay exponent (1.0 = linear)")
-    grad_clip: float = Field(1.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm to this; 0: no clipping")
 
 
 class DeepSpeedSection(_Section):
-    zero_stage: int = Field(0, ge=0, le=3)
-    offload_optimizer: bool = False
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    global_batch_size: int = Field(..., ge=1)
+    """The DeepSpeed engine: ZeRO, precision and the global batch."""
+
+    zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage: 0 none, 1 optimizer states, 2 and "
+                            "gradients, 3 and parameters partitioned across ranks")
+    offload_optimizer: bool = Field(False, description="keep optimizer states and the step on the CPU "
+                                    "(ZeRO 1-3)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="training precision; bf16 on "
+                                                       "A100/H100, fp16 with loss scaling")
+    global_batch_size: int = Field(..., ge=1, description="sequences per optimizer step over all ranks (rows "
+                                   "with data.packing); micro-batches x ranks x accumulation steps")
     dist_timeout_minutes: int = Field(10, ge=1, description="collective timeout: a dead rank ends the job")
 
 
 class CheckpointSection(_Section):
-    every_steps: int = Field(100, ge=1)
-    keep_last: int = Field(3, ge=1)
+    """Checkpoints in RUN_DIR/checkpoints."""
+
+    every_steps: int = Field(100, ge=1, description="steps between checkpoints; also at the "
+                             "last step and on a stop signal (SIGTERM, SIGUSR1)")
+    keep_last: int = Field(3, ge=1, description="complete checkpoints kept; older ones are deleted")
 
 
 class LoggingSection(_Section):
-    every_steps: int = Field(10, ge=1)
-    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online with an API key, else offline
-    wandb_project: str = "bert-pretraining"
-    run_name: str | None = None
+    """Metrics: RUN_DIR/metrics.jsonl, the console and wandb."""
+
+    every_steps: int = Field(10, ge=1, description="steps between logged records")
+    wandb: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto: WANDB_MODE if set, else online with an API key (WANDB_API_KEY or "
+        "~/.netrc), else offline")
+    wandb_project: str = Field("bert-pretraining", description="wandb project")
+    run_name: str | None = Field(None, description="wandb run name; default: the run directory's name")
     peak_tflops_per_device: float = Field(0.0, ge=0, description="for MFU; 0 leaves MFU out (H100 bf16: 989)")
     count_host_syncs: bool = Field(False, description="on a GPU, log host_syncs_per_step: the synchronisations "
                                    "CUDA reports while steps train (torch.cuda.set_sync_debug_mode)")
 
 
 class EvalSection(_Section):
+    """Held-out evaluation on data.eval_split."""
+
     every_steps: int = Field(0, ge=0, description="0: no evaluation")
     max_sequences: int = Field(10_000, ge=1, description="validation sequences per evaluation, at any world size")
 
 
 class TrainConfig(_Section):
-    run_dir: str
+    """A training run: its directory and one section per concern."""
+
+    run_dir: str = Field(..., description="the run directory: config, checkpoints, metrics; a run resumes from it")
     stop_at_step: int | None = Field(None, ge=1, description="checkpoint and stop here; the schedule still "
                                      "runs to optim.total_steps (for time-boxed jobs)")
     model: ModelSection = ModelSection()
