@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -40,12 +41,22 @@ def world_from_env() -> World:
         if "MASTER_ADDR" not in env:
             env["MASTER_ADDR"] = first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
         env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000))
+    if "RANK" not in env and "MASTER_PORT" not in env:
+        # a process started on its own is the only rank: a free port, so that two such runs on
+        # one machine (the demo beside another training) do not both claim torch's default 29500
+        env["MASTER_PORT"] = str(free_port())
     env.setdefault("RANK", "0")
     env.setdefault("WORLD_SIZE", "1")
     env.setdefault("LOCAL_RANK", "0")
     env.setdefault("MASTER_ADDR", "127.0.0.1")
-    env.setdefault("MASTER_PORT", "29500")
     return World(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]))
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def first_host(nodelist: str) -> str:

@@ -15,3 +15,26 @@ def test_srun_variables_become_torch_distributed_ones(monkeypatch):
 
     assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["MASTER_PORT"] == str(29500 + 242)
     assert first_host("nodeA") == "nodeA" and first_host("n[1,3]") == "n1"
+
+
+def test_a_process_on_its_own_takes_a_free_port(monkeypatch):
+    import os
+    import socket
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID"):
+        monkeypatch.delenv(k, raising=False)
+    with socket.socket() as taken:  # as if another run held torch's default port
+        try:
+            taken.bind(("127.0.0.1", 29500))
+            taken.listen()
+        except OSError:  # held by another process already: taken all the same
+            pass
+        assert world_from_env() == World(rank=0, local_rank=0, size=1)
+        port = int(os.environ["MASTER_PORT"])
+        assert port != 29500
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free
+    monkeypatch.setenv("MASTER_PORT", "12345")
+    monkeypatch.delenv("RANK")
+    world_from_env()
+    assert os.environ["MASTER_PORT"] == "12345"  # a given port is kept
