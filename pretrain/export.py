@@ -11,6 +11,9 @@ The checkpoint files read here are the run's own (DeepSpeed writes them with pic
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import sys
 from pathlib import Path
 
@@ -31,9 +34,16 @@ class ExportError(ValueError):
 def consolidated_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     """fp32 weights of a DeepSpeed checkpoint directory, ZeRO shards merged."""
     if any(checkpoint.glob("*zero_pp_rank_*_optim_states.pt")):
+        from preprocess import logs
+
+        # named, so that DeepSpeed does not probe for an accelerator and warn (as in distributed.py)
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+        # DeepSpeed prints each step of the merge; kept for --verbose (errors still raise)
+        quiet = contextlib.redirect_stdout(io.StringIO()) if logs.is_quiet() else contextlib.nullcontext()
+        with quiet:
+            return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
     states = torch.load(checkpoint / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
     return {k: v.float() for k, v in states["module"].items()}
 
@@ -78,7 +88,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("run_dir", help="a run directory of python -m pretrain")
     p.add_argument("out", nargs="?", help="output directory (default: RUN_DIR/export)")
     p.add_argument("--step", type=int, help="the checkpoint of this step (default: the newest complete one)")
+    p.add_argument("--verbose", action="store_true", help="show third-party libraries' logs and output too")
     args = p.parse_args(argv)
+    from preprocess import logs
+
+    logs.setup(args.verbose)
     try:
         checkpoint = export_checkpoint(args.run_dir, args.out, args.step)
     except (ExportError, FileNotFoundError) as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 
 import torch
 
@@ -61,7 +62,9 @@ def train(cfg: TrainConfig, world: World) -> dict:
     if world.rank == 0:  # the configuration as run; what export needs to rebuild the model and its tokenizer
         run.write_config(resolved(cfg, world.size))
         run.write_model_config(model.config)
-        run.write_data_ref(DataRef(cfg.data.path, info.vocab_file, info.lower_case, info.vocab_fingerprint))
+        # absolute: export and status read them from wherever they are run
+        run.write_data_ref(DataRef(os.path.abspath(cfg.data.path), os.path.abspath(info.vocab_file),
+                                   info.lower_case, info.vocab_fingerprint))
 
     checkpoints = CheckpointManager(run.checkpoints, cfg.checkpoint.keep_last, world.rank,
                                     Shape(world.size, cfg.deepspeed.zero_stage))

@@ -330,12 +330,14 @@ def test_any_checkpoint_exports_to_a_directory_transformers_loads(dataset, tmp_p
     import torch
 
     run = tmp_path / "run"
-    train(dataset, run, "optim.total_steps=3", f"deepspeed.zero_stage={stage}", "checkpoint.every_steps=2",
+    # the dataset named relative to the training's working directory, the export run from another
+    relative = os.path.relpath(dataset, ROOT)
+    train(relative, run, "optim.total_steps=3", f"deepspeed.zero_stage={stage}", "checkpoint.every_steps=2",
           ranks=ranks)
     proc = subprocess.run([sys.executable, "-m", "pretrain", "export", str(run), str(tmp_path / "hf"), "--step", "2"],
-                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "step_00000002" in proc.stdout
+    assert proc.stdout.splitlines() == [f"exported {run}/checkpoints/step_00000002 to {tmp_path / 'hf'}"]
     hf, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
     from pretrain.hf_format import load_pretrained
