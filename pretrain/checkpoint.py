@@ -140,11 +140,13 @@ class CheckpointManager:
     def tag(step: int) -> str:
         return f"step_{step:08d}"
 
+    def written(self) -> list[Path]:
+        """Every checkpoint directory, complete or not, oldest first."""
+        return sorted(self.root.glob("step_*")) if self.root.is_dir() else []
+
     def complete(self) -> list[Path]:
-        if not self.root.exists():
-            return []
         found = []
-        for d in sorted(self.root.glob("step_*")):
+        for d in self.written():
             if (d / MARKER).exists():
                 found.append(d)
             else:

@@ -72,19 +72,23 @@ def table(rows: list[tuple[str, str, str, str]]) -> list[str]:
     return out + [f"| `{n}` | {escape(k)} | {escape(d)} | {escape(w)} |" for n, k, d, w in rows]
 
 
+def sections() -> dict[str, type[BaseModel]]:
+    """The training config's sections (``model``, ``data``, ...), in order."""
+    from pretrain.config import TrainConfig
+
+    return {name: field.annotation for name, field in TrainConfig.model_fields.items()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
+
+
 def training_sections() -> list[str]:
     from pretrain.config import TrainConfig
 
-    top, sections = [], []
-    for name, field in TrainConfig.model_fields.items():
-        kind = field.annotation
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            rows = [(f"{name}.{n}", *describe(f)) for n, f in kind.model_fields.items()]
-            doc = (kind.__doc__ or "").strip()
-            sections += ["", f"### `{name}`", "", doc, "", *table(rows)]
-        else:
-            top.append((name, *describe(field)))
-    return ["", "### top level", "", *table(top), *sections]
+    top = [(name, *describe(f)) for name, f in TrainConfig.model_fields.items() if name not in sections()]
+    out = ["", "### top level", "", *table(top)]
+    for name, section in sections().items():
+        rows = [(f"{name}.{n}", *describe(f)) for n, f in section.model_fields.items()]
+        out += ["", f"### `{name}`", "", (section.__doc__ or "").strip(), "", *table(rows)]
+    return out
 
 
 def preprocessing_options() -> list[str]:
@@ -142,11 +146,4 @@ def main(argv: list[str]) -> int:
 
 def usage_sections() -> str:
     """The training config's sections, one line each, for ``python -m pretrain --help``."""
-    from pretrain.config import TrainConfig
-
-    lines = []
-    for name, field in TrainConfig.model_fields.items():
-        kind = field.annotation
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            lines.append(f"  {name:<11} {(kind.__doc__ or '').strip()}")
-    return "\n".join(lines)
+    return "\n".join(f"  {name:<11} {(section.__doc__ or '').strip()}" for name, section in sections().items())

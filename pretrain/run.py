@@ -34,7 +34,7 @@ from pretrain.model import (
     set_activation_checkpointing,
 )
 from pretrain.model_config import training_flops
-from pretrain.run_dir import DataRef, RunDir
+from pretrain.run_dir import DataRef, RunDir, directory_problem
 from pretrain.trainer import Loop, Trainer
 
 log = logging.getLogger("pretrain")
@@ -44,7 +44,7 @@ def train(cfg: TrainConfig, world: World) -> dict:
     """Train to ``optim.total_steps`` (or ``stop_at_step``), resuming from the newest complete
     checkpoint; the final state, with ``finished`` set when the schedule's end was reached."""
     run = RunDir(cfg.run_dir)
-    if problem := run.path_problem():
+    if problem := directory_problem(run.root):  # on every rank, before any work
         raise ConfigError(f"run_dir {run.root}: {problem}; give a directory (it is created if missing)")
     data = PretrainingDataset(cfg.data.path, cfg.data.train_split)
     info = data.info
@@ -53,7 +53,9 @@ def train(cfg: TrainConfig, world: World) -> dict:
     if started_on is not None:
         info.check_vocab(started_on.fingerprint, f"run_dir {run.root} (started on {started_on.path})")
     model = build(cfg, info)
-    check_resumable(run, model.config)
+    checkpoints = CheckpointManager(run.checkpoints, cfg.checkpoint.keep_last, world.rank,
+                                    Shape(world.size, cfg.deepspeed.zero_stage))
+    check_resumable(run, checkpoints, model.config)
     if world.rank == 0:  # after every check: a refused run leaves no directory behind
         run.create()
     init_distributed(world, cfg.deepspeed.dist_timeout_minutes)
@@ -66,8 +68,6 @@ def train(cfg: TrainConfig, world: World) -> dict:
         run.write_data_ref(DataRef(os.path.abspath(cfg.data.path), os.path.abspath(info.vocab_file),
                                    info.lower_case, info.vocab_fingerprint))
 
-    checkpoints = CheckpointManager(run.checkpoints, cfg.checkpoint.keep_last, world.rank,
-                                    Shape(world.size, cfg.deepspeed.zero_stage))
     resume = checkpoints.find()
     engine = build_engine(cfg, model, world.size, load_universal=resume is not None and resume.universal)
     state = {"step": 0, "samples": 0}
@@ -127,10 +127,10 @@ def train(cfg: TrainConfig, world: World) -> dict:
     return {**state, "finished": finished}
 
 
-def check_resumable(run: RunDir, config: BertConfig) -> None:
+def check_resumable(run: RunDir, checkpoints: CheckpointManager, config: BertConfig) -> None:
     """A run directory with checkpoints resumes only the model they hold: refuse another shape
     before anything in the directory is rewritten."""
-    if not (run.has_checkpoints() and run.model_config_file.exists()):
+    if not (checkpoints.written() and run.model_config_file.exists()):
         return
     held = run.model_config()
     if held.shape() != config.shape():

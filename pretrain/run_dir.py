@@ -75,13 +75,6 @@ class RunDir:
     PATHS = ("config", "model_config_file", "data_file", "micro_batch_file", "checkpoints", "metrics",
              "metrics_superseded", "curves", "wandb_id", "finished_file", "export")
 
-    def path_problem(self) -> str | None:
-        """Why this path cannot be (or become) a run directory, or None: checked on every rank at start."""
-        return directory_problem(self.root)
-
-    def has_checkpoints(self) -> bool:
-        return self.checkpoints.is_dir() and any(self.checkpoints.glob("step_*"))
-
     def create(self) -> RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         return self
