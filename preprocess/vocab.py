@@ -1,4 +1,4 @@
-"""Train a WordPiece vocabulary from a corpus with the ``tokenizers`` library.
+"""Train a WordPiece vocabulary from a corpus, the same bytes on every run.
 
 ``bert-train-vocab --input 'corpus/*.txt' --output vocab.txt --vocab-size 30522``
 (or ``python -m preprocess.vocab``) reads the same formats as the preprocessing job
@@ -11,16 +11,19 @@ also writes the full tokenizer.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
 
 from apache_beam.io.filesystems import FileSystems
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers
 
 from preprocess.cli import parser
 from preprocess.documents import ReadParams, file_format, open_input, read_documents
 from preprocess.tokenization import MAX_INPUT_CHARS_PER_WORD, SPECIAL_TOKENS
+from preprocess.word_counts import bert_normalizer, count_words
+from preprocess.wordpiece import learn_wordpiece
 
 
 def corpus_lines(files: list[str], params: ReadParams, stats: Counter) -> Iterator[str]:
@@ -30,6 +33,16 @@ def corpus_lines(files: list[str], params: ReadParams, stats: Counter) -> Iterat
                 yield from doc.lines
 
 
+def wordpiece_tokenizer(vocab: list[str], lower_case: bool = True) -> Tokenizer:
+    """A WordPiece tokenizer over ``vocab`` (in id order), normalising as the job does."""
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]",
+                                     max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
+    tok.normalizer = bert_normalizer(lower_case)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    return tok
+
+
 def train_vocab(
     files: list[str],
     vocab_size: int,
@@ -37,31 +50,21 @@ def train_vocab(
     min_frequency: int = 2,
     limit_alphabet: int = 1000,
     params: ReadParams | None = None,
+    processes: int = 1,
 ) -> tuple[Tokenizer, Counter]:
-    """A trained WordPiece tokenizer and the reader's counts of skipped input.
+    """A trained WordPiece tokenizer and the reader's counts of skipped input; the words are
+    counted in ``processes`` processes (the same vocabulary for any number).
 
-    Not reproducible byte for byte: ``tokenizers``' trainer orders the alphabet by count with
-    ties left in its hash map's per-process random order, and merges of equal count are then
-    chosen by those ids, so two trainings on the same text differ in a few percent of entries
-    (measured: 124–173 of 3,000 lines). A dataset is reproducible given its vocabulary file,
-    which the job copies into the dataset.
+    Reproducible byte for byte: the words are counted with the library's own normalizer and
+    pre-tokenizer, and the vocabulary learned from the counts by :func:`learn_wordpiece`, the
+    library's algorithm with its ties broken by a stable rule (the library's own trainer gives its
+    ``##`` pieces ids in a hash map's per-process order, so two runs differ in a few percent of
+    entries).
     """
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lower_case
-    )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        limit_alphabet=limit_alphabet,
-        special_tokens=list(SPECIAL_TOKENS),
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
     stats: Counter = Counter()
-    tok.train_from_iterator(corpus_lines(files, params or ReadParams(), stats), trainer=trainer)
-    return tok, stats
+    counts = count_words(corpus_lines(files, params or ReadParams(), stats), lower_case, processes)
+    vocab = learn_wordpiece(counts, vocab_size, min_frequency, limit_alphabet, SPECIAL_TOKENS)
+    return wordpiece_tokenizer(vocab, lower_case), stats
 
 
 def write_vocab_txt(tok: Tokenizer, path: str) -> None:
@@ -78,13 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help="vocab.txt to write")
     p.add_argument("--vocab-size", type=int, default=30522, help="tokens in the vocabulary, specials included")
     p.add_argument("--min-frequency", type=int, default=2, help="fewest occurrences for a merge")
+    p.add_argument("--limit-alphabet", type=int, default=1000,
+                   help="most single characters kept, the most frequent (rarer ones become [UNK])")
     p.add_argument("--lower-case", action=argparse.BooleanOptionalAction, default=True,
                    help="lower-case and strip accents (an uncased vocabulary)")
     p.add_argument("--input-format", default="auto", choices=["auto", "text", "jsonl"],
                    help="auto: by extension, as python -m preprocess")
     p.add_argument("--text-field", default="text", help="JSON Lines field holding the text")
     p.add_argument("--tokenizer-json", help="also write the tokenizer as tokenizer.json here")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes counting words; the vocabulary is the same for any number")
     args = p.parse_args(argv)
+    for flag, value, least in (("--vocab-size", args.vocab_size, len(SPECIAL_TOKENS) + 1),
+                               ("--min-frequency", args.min_frequency, 0),
+                               ("--limit-alphabet", args.limit_alphabet, 1), ("--workers", args.workers, 1)):
+        if value < least:
+            p.error(f"{flag} {value}: must be at least {least}")
 
     from preprocess.config import ConfigError
     from preprocess.job import expand_inputs
@@ -95,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     params = ReadParams(input_format=args.input_format, text_field=args.text_field)
-    tok, stats = train_vocab(files, args.vocab_size, args.lower_case, args.min_frequency, params=params)
+    tok, stats = train_vocab(files, args.vocab_size, args.lower_case, args.min_frequency, args.limit_alphabet,
+                             params, args.workers)
     write_vocab_txt(tok, args.output)
     if args.tokenizer_json:
         tok.save(args.tokenizer_json)

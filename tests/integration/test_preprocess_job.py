@@ -197,17 +197,6 @@ def test_nsp_is_balanced_where_the_reference_is_biased(corpus_dir, vocab_file, t
     assert abs(ours - 0.5) < 4 * np.sqrt(0.25 / stats["rows"])
 
 
-def test_vocab_trainer_cli(corpus_dir, tmp_path):
-    out = tmp_path / "vocab.txt"
-    proc = cli("preprocess.vocab", "--input", str(corpus_dir / "*.txt"), "--output", str(out), "--vocab-size", "2000",
-               "--tokenizer-json", str(tmp_path / "tokenizer.json"))
-    assert "wrote 2000 tokens" in proc.stdout
-    tokens = out.read_text().split("\n")
-    assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    assert any(t.startswith("##") for t in tokens)
-    assert (tmp_path / "tokenizer.json").exists()
-
-
 def test_bad_options_fail_before_any_work_with_a_clear_message(corpus_dir, vocab_file, tmp_path):
     proc = cli("preprocess", "--input", str(tmp_path / "nothing-*.txt"), "--output", str(tmp_path / "o"),
                "--vocab", vocab_file, check=False)
@@ -224,8 +213,16 @@ def test_bad_options_fail_before_any_work_with_a_clear_message(corpus_dir, vocab
     assert not (tmp_path / "o").exists()
 
 
-def test_readme_example_command(tmp_path):
-    proc = cli("preprocess.example", "--output", str(tmp_path / "demo"))
-    assert "train:" in proc.stdout and "[MASK]/" in proc.stdout
-    ds = PretrainingDataset(str(tmp_path / "demo" / "data"), "validation", verify="checksum")
+def test_readme_example_command_twice_from_raw_text_gives_the_same_bytes(tmp_path):
+    """Corpus, vocabulary (trained in each run) and dataset: every byte the same in two runs."""
+    runs = []
+    for name in ("one", "two"):  # into the same path (the manifest records it), then moved aside
+        runs.append(cli("preprocess.example", "--output", str(tmp_path / "demo")))
+        (tmp_path / "demo").rename(tmp_path / name)
+    assert all("train:" in proc.stdout and "[MASK]/" in proc.stdout for proc in runs)
+    ds = PretrainingDataset(str(tmp_path / "one" / "data"), "validation", verify="checksum")
     assert len(ds) > 0
+    one, two = files_of(tmp_path / "one"), files_of(tmp_path / "two")
+    assert {"vocab.txt", "data/vocab.txt", "data/manifest.json"} <= one.keys()
+    assert any(k.startswith("data/train/shard-") for k in one)
+    assert one == two
