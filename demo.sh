@@ -3,54 +3,11 @@
 #
 #   ./demo.sh [OUTPUT]     (default OUTPUT: demo)
 #
-# Inside a virtual environment (or a conda environment) it installs there; outside one it makes
-# .venv in this checkout and installs there (system Pythons refuse pip installs: PEP 668).
-# Every package at the version the tests passed with (constraints.txt). One line per step;
-# pip's own output goes to install.log, which an error points to.
+# Installs into the active virtual or conda environment, else into .venv in this checkout (made if
+# missing), every package at the version the tests passed with (scripts/env.sh). ./test.sh then
+# adds what the tests need to the same environment and runs them.
 set -euo pipefail
 cd "$(dirname "$0")"
-log=$PWD/install.log
-: >"$log"
-
-step() {  # step WHAT CMD...: one line, with the step's time
-    local what=$1 t0=$SECONDS
-    shift
-    printf '%s ... ' "$what"
-    if "$@" >>"$log" 2>&1; then
-        echo "done ($((SECONDS - t0)) s)"
-    else
-        echo "failed after $((SECONDS - t0)) s. The last lines of $log:"
-        tail -n 20 "$log" | sed 's/^/    /'
-        exit 1
-    fi
-}
-
-if python3 -c 'import os, sys; sys.exit(0 if sys.prefix != sys.base_prefix or os.environ.get("CONDA_PREFIX") else 1)'; then
-    py=$(python3 -c 'import sys; print(sys.executable)')
-    echo "installing into the active environment $(python3 -c 'import sys; print(sys.prefix)')"
-elif [[ -x .venv/bin/python ]]; then
-    py=$PWD/.venv/bin/python
-    echo "installing into $PWD/.venv (made by an earlier run)"
-else
-    if ! python3 -m venv .venv >>"$log" 2>&1; then
-        echo "could not create $PWD/.venv (see $log); on Debian or Ubuntu: sudo apt install python3-venv" >&2
-        exit 1
-    fi
-    py=$PWD/.venv/bin/python
-    echo "made $PWD/.venv (not tracked by git); installing there. Later: source .venv/bin/activate"
-fi
-
-torch_pin=$(grep -E '^torch==' constraints.txt)
-constraints=constraints.txt
-if installed=$("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null); then
-    # keep the torch already there (e.g. a CUDA build): the rest is pinned, torch is not
-    echo "torch $installed found: kept (tested: ${torch_pin#torch==})"
-    constraints=$(mktemp "${TMPDIR:-/tmp}/constraints.XXXXXX")
-    grep -v -E '^torch==' constraints.txt >"$constraints"
-else
-    # first, on its own: pip resolving torch together with the rest could pick a CUDA build
-    step "installing $torch_pin" "$py" -m pip install --disable-pip-version-check -c constraints.txt "$torch_pin"
-fi
-step "installing the project and its dependencies" \
-    "$py" -m pip install --disable-pip-version-check -c "$constraints" -e '.[demo]'
+source scripts/env.sh
+install_project demo
 exec "$py" -m pretrain.demo --output "${1:-demo}"

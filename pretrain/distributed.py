@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -83,11 +84,22 @@ def init_distributed(world: World, timeout_minutes: int) -> None:
 
 
 def end_distributed() -> None:
-    """End the process group once training has returned, before the interpreter exits: gloo's worker
-    threads still holding tensors at interpreter shutdown abort the process (a finished run would
-    exit -6, which a batch script reads as a failure), and NCCL warns of leaked communicators."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """End the process group once training has returned and released its engine, while the
+    interpreter is whole. A process group, or a collective's handle, that lives on into interpreter
+    shutdown is destroyed there: gloo's worker threads then free tensors without a Python to free
+    them in, and the process aborts (``terminate called without an active exception``, exit -6, a
+    finished job that a batch script reads as failed); NCCL warns of leaked communicators.
+
+    So: collect what training left in reference cycles (DeepSpeed's engine holds its optimizer and
+    their collectives' handles in cycles), wait until every rank is here (no rank closes its
+    connections while another still uses them), destroy the groups, and collect again so that their
+    C++ side, threads included, is torn down now rather than at exit."""
+    if not dist.is_initialized():
+        return
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def _skip_shm_comm_op() -> None:

@@ -44,6 +44,18 @@ def train(cfg: TrainConfig, world: World) -> dict:
     """Train to ``optim.total_steps`` (or ``stop_at_step``), resuming from the newest complete
     checkpoint; the final state, with ``finished`` set when the schedule's end was reached."""
     run = RunDir(cfg.run_dir)
+    state = _train(cfg, world, run)
+    # _train has returned: the engine, its optimizer, loader and evaluator are unreferenced now, and
+    # end_distributed collects them while the interpreter is whole (else gloo aborts the exit)
+    end_distributed()  # after a failure the process exits with its error instead
+    finished = state["step"] == cfg.optim.total_steps
+    if world.rank == 0 and finished:
+        run.mark_finished(state)  # batch scripts: export, or requeue if absent
+    return {**state, "finished": finished}
+
+
+def _train(cfg: TrainConfig, world: World, run: RunDir) -> dict:
+    """The run up to its last step; the state reached."""
     if problem := directory_problem(run.root):  # on every rank, before any work
         raise ConfigError(f"run_dir {run.root}: {problem}; give a directory (it is created if missing)")
     data = PretrainingDataset(cfg.data.path, cfg.data.train_split)
@@ -120,11 +132,8 @@ def train(cfg: TrainConfig, world: World) -> dict:
         state = trainer.train(state)
     finally:
         metrics.close()
-    end_distributed()  # after a failure the process exits with its error instead
-    finished = state["step"] == cfg.optim.total_steps
-    if world.rank == 0 and finished:
-        run.mark_finished(state)  # batch scripts: export, or requeue if absent
-    return {**state, "finished": finished}
+    engine.destroy()  # ZeRO-3's hooks and prefetcher hold parameters and collectives' handles
+    return state
 
 
 def check_resumable(run: RunDir, checkpoints: CheckpointManager, config: BertConfig) -> None:

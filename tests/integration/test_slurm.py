@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pretrain.run_dir import RunDir
 
 # One group: under pytest-xdist every test of this module runs in one worker, with one test cluster.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm")]
+# A limit per test that holds the cluster's start (the first test's) and a job's wait.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm"), pytest.mark.timeout(480)]
 ROOT = Path(__file__).resolve().parents[2]
 NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "srun")
 
@@ -66,6 +69,11 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+# When this session's test cluster started: a job's log is looked for among files written since, so
+# that a log an earlier cluster left in logs/ under the same job id is never read as this one's.
+STARTED = {"at": 0.0}
+
+
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     missing = [b for b in NEEDED if not shutil.which(b)]
@@ -78,34 +86,59 @@ def slurm(tmp_path_factory):
         (base / d).mkdir(parents=True)
     (base / "munge" / "munge.key").write_bytes(os.urandom(1024))
     (base / "munge" / "munge.key").chmod(0o600)
+    # its own ports, socket, state and spool: nothing an earlier or a concurrent cluster left is shared
     ctld, slurmd_port, a, b = free_ports(4)
     conf = base / "slurm.conf"
     conf.write_text(CONF.format(base=base, ctld_port=ctld, slurmd_port=slurmd_port, port_a=a, port_b=b))
     env = {**os.environ, "SLURM_CONF": str(conf)}
     m = base / "munge"
-    subprocess.run(["munged", "--force", f"--key-file={m}/munge.key", f"--socket={m}/munge.socket",
-                    f"--pid-file={m}/munged.pid", f"--log-file={m}/munged.log", f"--seed-file={m}/seed"],
-                   check=True)
-    subprocess.run(["slurmctld", "-f", str(conf)], env=env, check=True)
-    time.sleep(1)
-    for node in ("nodeA", "nodeB"):
-        subprocess.run(["slurmd", "-N", node, "-f", str(conf)], env=env, check=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        out = subprocess.run(["sinfo", "-h", "-o", "%D %t"], env=env, capture_output=True, text=True).stdout
-        if out.strip() == "2 idle":
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"the test cluster did not come up: sinfo says {out!r}; see {base / 'log'}")
-    yield env
-    subprocess.run(["scancel", "--user=root"], env=env)
-    for pidfile in [base / "slurmd-nodeA.pid", base / "slurmd-nodeB.pid", base / "slurmctld.pid", m / "munged.pid"]:
-        if pidfile.exists():
-            try:
-                os.kill(int(pidfile.read_text()), 15)
-            except (ProcessLookupError, ValueError):
-                pass
+    STARTED["at"] = time.time()
+    try:  # the daemons are stopped on every way out: a failed start, a failed or timed-out test, Ctrl-C
+        subprocess.run(["munged", "--force", f"--key-file={m}/munge.key", f"--socket={m}/munge.socket",
+                        f"--pid-file={m}/munged.pid", f"--log-file={m}/munged.log", f"--seed-file={m}/seed"],
+                       check=True)
+        subprocess.run(["slurmctld", "-f", str(conf)], env=env, check=True)
+        time.sleep(1)
+        for node in ("nodeA", "nodeB"):
+            subprocess.run(["slurmd", "-N", node, "-f", str(conf)], env=env, check=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            out = subprocess.run(["sinfo", "-h", "-o", "%D %t"], env=env, capture_output=True, text=True).stdout
+            if out.strip() == "2 idle":
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the test cluster did not come up: sinfo says {out!r}; see {base / 'log'}")
+        yield env
+    finally:
+        subprocess.run(["scancel", "--user=root"], env=env, capture_output=True, timeout=30)
+        stop_daemons([base / "slurmd-nodeA.pid", base / "slurmd-nodeB.pid", base / "slurmctld.pid",
+                      m / "munged.pid"])
+
+
+def stop_daemons(pidfiles: list[Path], grace: float = 10) -> None:
+    """SIGTERM to each daemon whose pid file exists, then SIGKILL to any still running after ``grace`` s."""
+    pids = []
+    for pidfile in pidfiles:
+        try:
+            pid = int(pidfile.read_text())
+            os.kill(pid, signal.SIGTERM)
+            pids.append(pid)
+        except (OSError, ValueError):  # never written, or already gone
+            pass
+    deadline = time.time() + grace
+    for pid in pids:
+        while time.time() < deadline and running(pid):
+            time.sleep(0.1)
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def sbatch(env, *args, **extra_env) -> str:
@@ -119,7 +152,7 @@ def job(env, job_id: str) -> dict[str, str]:
     return dict(f.split("=", 1) for f in out.split() if "=" in f)
 
 
-def wait_for(env, job_id: str, states=("COMPLETED",), timeout=600) -> dict[str, str]:
+def wait_for(env, job_id: str, states=("COMPLETED",), timeout=360) -> dict[str, str]:
     deadline = time.time() + timeout
     held_since = None
     while time.time() < deadline:
@@ -143,7 +176,8 @@ def wait_for(env, job_id: str, states=("COMPLETED",), timeout=600) -> dict[str, 
 
 def log_of(job_id: str, name: str = "*") -> str:
     """The job's log (the newest of that id: each test cluster numbers its jobs from 1)."""
-    files = sorted((ROOT / "logs").glob(f"{name}-{job_id}.out"), key=lambda p: p.stat().st_mtime)
+    files = sorted((p for p in (ROOT / "logs").glob(f"{name}-{job_id}.out") if p.stat().st_mtime >= STARTED["at"]),
+                   key=lambda p: p.stat().st_mtime)
     return files[-1].read_text() if files else "(no log)"
 
 
@@ -281,3 +315,14 @@ def test_phase_1_then_phase_2_chain(slurm, dataset, tmp_path):
     assert (RunDir(tmp_path / "phase2").export / "model.safetensors").exists()
     log2 = log_of(phase2, "bert-phase2")
     assert "resumed" not in log2 and "finished at step 20" in log2
+
+
+def test_daemons_that_ignore_sigterm_are_killed(tmp_path):
+    """The fixture's way out: a daemon deaf to SIGTERM is still gone after the grace period."""
+    deaf = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                             "signal.SIG_IGN); print('up', flush=True); time.sleep(600)"], stdout=subprocess.PIPE)
+    assert deaf.stdout.readline().strip() == b"up"
+    (tmp_path / "deaf.pid").write_text(str(deaf.pid))
+    started = time.time()
+    stop_daemons([tmp_path / "deaf.pid", tmp_path / "never-written.pid"], grace=1)
+    assert deaf.wait(timeout=10) == -signal.SIGKILL and time.time() - started < 5
