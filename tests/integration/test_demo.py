@@ -14,6 +14,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(600)
 def test_demo_runs_the_whole_pipeline(tmp_path):
     pytest.importorskip("transformers")
     proc = subprocess.run([sys.executable, "-m", "pretrain.demo", "--output", str(tmp_path / "demo"), "--steps", "250"],
