@@ -55,9 +55,11 @@ def losses(run_dir) -> dict[int, float]:
 
 
 # ZeRO-2 resumes on 2 ranks in the Slurm tests; other shapes in the universal-checkpoint tests below.
+# The uninterrupted run also checks LAMB over ZeRO-3's partitions on 2 ranks against the unpartitioned
+# reference (see test_lamb_under_zero_matches_lamb_without_zero).
 @pytest.mark.parametrize("stage,ranks", [(3, 2)])
-def test_resume_repeats_the_uninterrupted_losses_exactly(dataset, tmp_path, stage, ranks):
-    steps = ("optim.total_steps=6", f"deepspeed.zero_stage={stage}", "checkpoint.every_steps=100")
+def test_resume_repeats_the_uninterrupted_losses_exactly(dataset, tmp_path, uninterrupted, stage, ranks):
+    steps = (*SHAPE_COMMON, "optim.name=lamb", f"deepspeed.zero_stage={stage}")
     train(dataset, tmp_path / "straight", *steps, ranks=ranks)
     train(dataset, tmp_path / "resumed", *steps, "stop_at_step=3", ranks=ranks)
     assert sorted(losses(tmp_path / "resumed")) == [1, 2, 3]
@@ -67,6 +69,7 @@ def test_resume_repeats_the_uninterrupted_losses_exactly(dataset, tmp_path, stag
     assert sorted(straight) == sorted(resumed) == list(range(1, 7))
     assert straight == resumed  # exact, fp32 on CPU
     assert straight[6] < straight[1]
+    assert_same_training(tmp_path / "straight", uninterrupted("lamb"))
 
 
 # Shape changes through DeepSpeed's universal checkpoints: fewer ranks (ZeRO-2 -> 1), more ranks onto
@@ -78,18 +81,29 @@ SHAPE_COMMON = ("optim.total_steps=6", "checkpoint.every_steps=3", "optim.weight
 
 @pytest.fixture(scope="module")
 def uninterrupted(dataset, tmp_path_factory):
-    """Losses of an uninterrupted run on 1 rank at ZeRO-1, per optimizer (the same at any world size
-    and stage: see the world-size test)."""
-    cache: dict[str, dict[int, float]] = {}
+    """The run directory of an uninterrupted run on 1 rank at ZeRO-0 (nothing partitioned, the
+    gradient norm measured by the trainer), per optimizer: its losses and gradient norms are those of
+    any world size and stage (see the world-size test)."""
+    cache: dict[str, Path] = {}
 
-    def get(optimizer: str) -> dict[int, float]:
+    def get(optimizer: str) -> Path:
         if optimizer not in cache:
             run = tmp_path_factory.mktemp(f"straight-{optimizer}")
-            train(dataset, run, *SHAPE_COMMON, f"optim.name={optimizer}", "deepspeed.zero_stage=1")
-            cache[optimizer] = losses(run)
+            train(dataset, run, *SHAPE_COMMON, f"optim.name={optimizer}", "deepspeed.zero_stage=0")
+            cache[optimizer] = run
         return cache[optimizer]
 
     return get
+
+
+def assert_same_training(run: Path, reference: Path, grad_rel: float = 1e-4) -> None:
+    """The same loss and gradient norm at every step as ``reference``, up to the order of sums."""
+    got, want = losses(run), losses(reference)
+    assert sorted(got) == sorted(want) == list(range(1, 7))
+    assert want[6] < want[1]
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-5), step
+    assert grad_norms(run) == pytest.approx(grad_norms(reference), rel=grad_rel)
 
 
 @pytest.mark.parametrize("optimizer,before,after", [("lamb", (2, 2), (1, 1)), ("adamw", (1, 1), (2, 3)),
@@ -115,11 +129,8 @@ def test_a_checkpoint_resumes_at_another_world_size_and_zero_stage_with_the_same
     assert (run / "checkpoints" / "step_00000003" / "universal" / "zero").is_dir()
     marker = json.loads((run / "checkpoints" / "step_00000006" / "COMPLETE").read_text())
     assert marker["shape"] == {"world_size": new_ranks, "zero_stage": new_stage}
-    straight, resumed = uninterrupted(optimizer), losses(run)
-    assert sorted(resumed) == list(range(1, 7))
-    for step in straight:
-        assert resumed[step] == pytest.approx(straight[step], rel=1e-5), step
-    assert straight[6] < straight[1]
+    # before the change of shape and after it (AdamW's norms after 3 ranks' sums: within 2e-4)
+    assert_same_training(run, uninterrupted(optimizer), grad_rel=1e-3)
 
 
 def test_a_zero_0_checkpoint_resumes_at_any_world_size_and_no_other_stage(dataset, tmp_path):
@@ -262,20 +273,16 @@ def test_bad_batch_arithmetic_fails_before_any_work(dataset, tmp_path):
     assert proc.returncode == 2 and "optim.lr" in proc.stderr and "model.size" in proc.stderr
 
 
-def test_lamb_under_zero_matches_lamb_without_zero(dataset, tmp_path):
-    common = ("optim.name=lamb", "optim.lr=0.02", "optim.total_steps=5", "optim.warmup_steps=1")
-    train(dataset, tmp_path / "zero0", *common, "deepspeed.zero_stage=0", ranks=2)
-    reference = losses(tmp_path / "zero0")
-    assert reference[5] < reference[1]
-    norms = grad_norms(tmp_path / "zero0")
-    assert all(0 < n < 1e3 for n in norms), norms  # measured by the trainer at ZeRO-0 (DeepSpeed reports none)
-    for stage in (1, 2, 3):
-        train(dataset, tmp_path / f"zero{stage}", *common, f"deepspeed.zero_stage={stage}", ranks=2)
-        got = losses(tmp_path / f"zero{stage}")
-        for step in reference:
-            assert got[step] == pytest.approx(reference[step], rel=1e-5), (stage, step)
-        # every stage reports the same gradient norm (ZeRO's own at 1-3), finite, on every log line
-        assert grad_norms(tmp_path / f"zero{stage}") == pytest.approx(norms, rel=1e-4), stage
+def test_lamb_under_zero_matches_lamb_without_zero(dataset, tmp_path, uninterrupted):
+    """LAMB's trust ratios are those of whole tensors, however ZeRO partitions them: the losses and
+    gradient norms of the unpartitioned reference (ZeRO-0, 1 rank) at ZeRO-1 on 2 ranks here, at ZeRO-2
+    on 2 ranks and ZeRO-3 on 1 in the shape test ([lamb-...]), at ZeRO-3 on 2 ranks in the resume test."""
+    reference = uninterrupted("lamb")
+    steps = losses(reference)
+    assert steps[6] < steps[1]
+    assert all(0 < n < 1e3 for n in grad_norms(reference))  # measured by the trainer at ZeRO-0 (DeepSpeed reports none)
+    train(dataset, tmp_path / "zero1", *SHAPE_COMMON, "optim.name=lamb", "deepspeed.zero_stage=1", ranks=2)
+    assert_same_training(tmp_path / "zero1", reference)  # ZeRO's own gradient norm at 1-3
 
 
 METRICS = {"loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "lr", "grad_norm", "skipped_steps",
@@ -324,46 +331,62 @@ def test_metrics_jsonl_and_offline_wandb_hold_the_logged_metrics_across_a_resume
         assert steps[s]["eval_mlm_loss"] == pytest.approx(eval_records[s]["eval_mlm_loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("stage,ranks", [(0, 1), (3, 2)])
-def test_any_checkpoint_exports_to_a_directory_transformers_loads(dataset, tmp_path, stage, ranks):
+@pytest.fixture(scope="module")
+def phase1(dataset, tmp_path_factory) -> Path:
+    """A finished 1-rank ZeRO-0 run (``run``: 30 steps at lr 3e-3, checkpoints at steps 10, 20 and 30)
+    trained on the dataset named relative to the training's working directory, and its newest
+    checkpoint exported (``export``). Shared: a test that changes either works on a copy."""
+    root = tmp_path_factory.mktemp("phase1")
+    train(os.path.relpath(dataset, ROOT), root / "run", "optim.total_steps=30", "optim.lr=3e-3",
+          "deepspeed.zero_stage=0", "checkpoint.every_steps=10", "checkpoint.keep_last=3")
+    subprocess.run([sys.executable, "-m", "pretrain", "export", str(root / "run"), str(root / "export")],
+                   cwd=ROOT, env=env(), capture_output=True, timeout=300, check=True)
+    return root
+
+
+def assert_exports_load_in_transformers(run: Path, out: Path, early: int) -> None:
+    """Checkpoint ``early`` exported from another directory, and the newest one, load in transformers
+    with every weight, give our model's logits, and hold their own checkpoints' weights."""
     transformers = pytest.importorskip("transformers")
     import torch
 
-    run = tmp_path / "run"
-    # the dataset named relative to the training's working directory, the export run from another
-    relative = os.path.relpath(dataset, ROOT)
-    train(relative, run, "optim.total_steps=3", f"deepspeed.zero_stage={stage}", "checkpoint.every_steps=2",
-          ranks=ranks)
-    proc = subprocess.run([sys.executable, "-m", "pretrain", "export", str(run), str(tmp_path / "hf"), "--step", "2"],
-                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "pretrain", "export", str(run), str(out / "hf"), "--step", str(early)],
+                          cwd=out, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines() == [f"exported {run}/checkpoints/step_00000002 to {tmp_path / 'hf'}"]
-    hf, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
+    assert proc.stdout.splitlines() == [f"exported {run}/checkpoints/step_{early:08d} to {out / 'hf'}"]
+    hf, info = transformers.BertForPreTraining.from_pretrained(str(out / "hf"), output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
     from pretrain.hf_format import load_pretrained
 
-    ours = load_pretrained(str(tmp_path / "hf"))[0].eval()
+    ours = load_pretrained(str(out / "hf"))[0].eval()
     ids = torch.randint(5, 100, (2, 12))
-    out = ours(ids)
-    ref = hf.eval()(input_ids=ids)
-    torch.testing.assert_close(out.mlm_logits, ref.prediction_logits, rtol=1e-5, atol=1e-5)
-    subprocess.run([sys.executable, "-m", "pretrain", "export", str(run), str(tmp_path / "hf3")], cwd=ROOT, env=env(),
-                   capture_output=True, timeout=300, check=True)  # newest: step 3
-    later = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf3"))
+    torch.testing.assert_close(ours(ids).mlm_logits, hf.eval()(input_ids=ids).prediction_logits, rtol=1e-5, atol=1e-5)
+    subprocess.run([sys.executable, "-m", "pretrain", "export", str(run), str(out / "newest")], cwd=ROOT, env=env(),
+                   capture_output=True, timeout=300, check=True)
+    later = transformers.BertForPreTraining.from_pretrained(str(out / "newest"))
     moved = later.bert.encoder.layer[0].attention.self.query.weight - hf.bert.encoder.layer[0].attention.self.query.weight
     assert moved.abs().max() > 0  # each export holds its own checkpoint's trained weights
-    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    tok = transformers.AutoTokenizer.from_pretrained(str(out / "hf"))
     assert tok.mask_token == "[MASK]"
 
 
-def test_phase_2_starts_from_phase_1_weights_with_a_fresh_optimizer(dataset, tmp_path):
-    train(dataset, tmp_path / "phase1", "optim.total_steps=30", "optim.lr=3e-3")
-    subprocess.run([sys.executable, "-m", "pretrain", "export", str(tmp_path / "phase1"), str(tmp_path / "export")],
-                   cwd=ROOT, env=env(), capture_output=True, timeout=300, check=True)
-    proc = train(dataset, tmp_path / "phase2", f"model.init_from={tmp_path / 'export'}", "optim.total_steps=3")
+def test_a_zero_0_checkpoint_of_one_rank_exports_to_a_directory_transformers_loads(phase1, tmp_path):
+    assert_exports_load_in_transformers(phase1 / "run", tmp_path, early=10)
+
+
+def test_a_zero_3_checkpoint_of_two_ranks_exports_to_a_directory_transformers_loads(dataset, tmp_path):
+    run = tmp_path / "run"
+    # the dataset named relative to the training's working directory, the export run from another
+    train(os.path.relpath(dataset, ROOT), run, "optim.total_steps=3", "deepspeed.zero_stage=3",
+          "checkpoint.every_steps=2", ranks=2)
+    assert_exports_load_in_transformers(run, tmp_path, early=2)
+
+
+def test_phase_2_starts_from_phase_1_weights_with_a_fresh_optimizer(dataset, phase1, tmp_path):
+    proc = train(dataset, tmp_path / "phase2", f"model.init_from={phase1 / 'export'}", "optim.total_steps=3")
     assert "resumed" not in proc.stderr and "initialised (absent" not in proc.stderr
-    fresh = losses(tmp_path / "phase1")[1]
-    phase1_end, phase2_start = losses(tmp_path / "phase1")[30], losses(tmp_path / "phase2")[1]
+    fresh = losses(phase1 / "run")[1]
+    phase1_end, phase2_start = losses(phase1 / "run")[30], losses(tmp_path / "phase2")[1]
     assert phase1_end < fresh - 0.3
     assert phase2_start < fresh - 0.3  # starts where phase 1 ended, not from scratch
     assert "step" in json.loads((tmp_path / "phase2" / "checkpoints" / "step_00000003" / "COMPLETE").read_text())
@@ -413,14 +436,15 @@ def test_bf16_and_cpu_offload_train(dataset, tmp_path, extra):
     assert all(0 < n < 1e3 for n in grad_norms(tmp_path / "run"))
 
 
-def test_the_vocabulary_fingerprint_is_checked_by_export_phase_2_and_resume(dataset, tmp_path):
+def test_the_vocabulary_fingerprint_is_checked_by_export_phase_2_and_resume(dataset, phase1, tmp_path):
+    import shutil
+
     from pretrain.run_dir import RunDir
 
     run = RunDir(tmp_path / "phase1")
-    train(dataset, run.root, "optim.total_steps=3")
+    shutil.copytree(phase1 / "run", run.root)
     export = tmp_path / "export"
-    subprocess.run([sys.executable, "-m", "pretrain", "export", str(run.root), str(export)], cwd=ROOT, env=env(),
-                   capture_output=True, timeout=300, check=True)
+    shutil.copytree(phase1 / "export", export)
     fingerprint = run.data_ref().fingerprint
     assert json.loads((export / "config.json").read_text())["vocab_fingerprint"] == fingerprint
     config = json.loads((export / "config.json").read_text())
@@ -431,7 +455,7 @@ def test_the_vocabulary_fingerprint_is_checked_by_export_phase_2_and_resume(data
 
     ref = json.loads(run.data_file.read_text())
     run.data_file.write_text(json.dumps({**ref, "fingerprint": "1" * 32}))  # as if started on other data
-    proc = train(dataset, run.root, "optim.total_steps=5", check=False)
+    proc = train(dataset, run.root, "optim.total_steps=40", check=False)
     assert proc.returncode == 2 and f"run_dir {run.root} (started on {dataset}) was made with vocabulary 1111" \
         in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "pretrain", "export", str(run.root)], cwd=ROOT, env=env(),
