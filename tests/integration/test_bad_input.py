@@ -19,10 +19,48 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
+def run_process(*args: str) -> subprocess.CompletedProcess:
+    """``python -m ARGS`` in a process of its own, as a user runs it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=300)
+
+
+# Cases that go through a process of their own: one of each command line's refusals (the real entry
+# point, exit code and stderr), and the one that starts training (a process group) before it refuses.
+IN_A_PROCESS = {"glob matching nothing", "missing config file", "bit-flipped shards"}
+
+
+@pytest.fixture
+def run(request, monkeypatch, capsys):
+    """``run(module, *args)``: the command's exit code and output; in this process (its ``main``, the same
+    code less the interpreter's start), or through :func:`run_process` for the cases in ``IN_A_PROCESS``."""
+    case = request.node.callspec.params.get("case")
+    saved = dict(os.environ)  # a run sets RANK, WORLD_SIZE, MASTER_PORT...: none may reach later tests
+
+    def restore() -> None:
+        os.environ.clear()
+        os.environ.update(saved)
+
+    request.addfinalizer(restore)
+
+    def call(module: str, *args: str) -> subprocess.CompletedProcess:
+        if case in IN_A_PROCESS:
+            return run_process(module, *args)
+        from preprocess.__main__ import main as preprocess_main
+        from pretrain.__main__ import main as pretrain_main
+
+        monkeypatch.chdir(ROOT)
+        monkeypatch.setenv("WANDB_MODE", "disabled")
+        capsys.readouterr()
+        try:
+            code = {"preprocess": preprocess_main, "pretrain": pretrain_main}[module](list(args))
+        except SystemExit as e:  # argparse's own refusals
+            code = e.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([module, *args], code, out, err)
+
+    return call
 
 
 def assert_one_clear_line(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
@@ -70,7 +108,7 @@ PREPROCESS_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(PREPROCESS_CASES))
-def test_preprocess_rejects(case, corpus_dir, vocab_file, tmp_path):
+def test_preprocess_rejects(case, corpus_dir, vocab_file, tmp_path, run):
     change, code, needles = PREPROCESS_CASES[case]
     options = {"--input": str(corpus_dir / "part-000.txt"), "--output": str(tmp_path / "out"), "--vocab": vocab_file,
                "--num-shards": "1", "--dupe-factor": "1"}
@@ -110,9 +148,9 @@ def _damage(kind: str, data: Path, tmp: Path, run_dir: Path) -> tuple[list[str],
         (tmp / "taken").write_text("keep me")
         return [f"run_dir={tmp / 'taken' / 'run'}"], ["run_dir", f"cannot be created: {tmp / 'taken'} is a file"]
     if kind == "resume with another model shape":  # a tiny run, checkpointed, then resumed as mini
-        proc = run("pretrain", "--config", "configs/tiny-cpu.yaml", f"data.path={data}", f"run_dir={run_dir}",
-                   "data.num_workers=0", "optim.total_steps=2", "optim.warmup_steps=1", "logging.wandb=disabled",
-                   "eval.every_steps=0", "checkpoint.every_steps=2")
+        proc = run_process("pretrain", "--config", "configs/tiny-cpu.yaml", f"data.path={data}",
+                           f"run_dir={run_dir}", "data.num_workers=0", "optim.total_steps=2", "optim.warmup_steps=1",
+                           "logging.wandb=disabled", "eval.every_steps=0", "checkpoint.every_steps=2")
         assert proc.returncode == 0 and (run_dir / "checkpoints").is_dir(), proc.stderr[-3000:]
         return ["model.size=mini", "optim.total_steps=4"], [
             "its checkpoints hold a model of shape tiny (hidden 128, 2 layers", "this config builds mini (hidden 256",
@@ -171,7 +209,7 @@ def _tree(path: Path) -> object:
 
 
 @pytest.mark.parametrize("case", PRETRAIN_CASES)
-def test_pretrain_rejects(case, dataset, tmp_path):
+def test_pretrain_rejects(case, dataset, tmp_path, run):
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
     run_dir = tmp_path / "run"
@@ -204,7 +242,7 @@ OTHER_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(OTHER_CASES))
-def test_pretrain_commands_reject(case, tmp_path):
+def test_pretrain_commands_reject(case, tmp_path, run):
     args, needles = OTHER_CASES[case]
     proc = run("pretrain", *args(tmp_path))
     assert_one_clear_line(proc, 2, *needles)
