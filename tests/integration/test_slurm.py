@@ -19,14 +19,16 @@ import pytest
 
 from pretrain.run_dir import RunDir
 
-# One group: under pytest-xdist every test of this module runs in one worker, with one test cluster.
-# A limit per test that holds the cluster's start (the first test's) and a job's wait.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm"), pytest.mark.timeout(480)]
+# Each pytest-xdist worker that runs tests of this module starts a test cluster of its own (its own
+# ports, socket, state and job ids: two can run side by side). A limit per test that holds the
+# cluster's start (the first test's) and a job's wait.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 ROOT = Path(__file__).resolve().parents[2]
 NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "srun")
 
 CONF = """\
 ClusterName=pytest
+FirstJobId={first_job}
 SlurmctldHost=localhost
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
@@ -89,7 +91,11 @@ def slurm(tmp_path_factory):
     # its own ports, socket, state and spool: nothing an earlier or a concurrent cluster left is shared
     ctld, slurmd_port, a, b = free_ports(4)
     conf = base / "slurm.conf"
-    conf.write_text(CONF.format(base=base, ctld_port=ctld, slurmd_port=slurmd_port, port_a=a, port_b=b))
+    # job ids apart for each worker's cluster: a job's log (logs/NAME-ID.out) and MASTER_PORT (20000 + id)
+    # come from its id
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    conf.write_text(CONF.format(base=base, ctld_port=ctld, slurmd_port=slurmd_port, port_a=a, port_b=b,
+                                first_job=1000 * (worker + 1)))
     env = {**os.environ, "SLURM_CONF": str(conf)}
     m = base / "munge"
     STARTED["at"] = time.time()
@@ -175,7 +181,7 @@ def wait_for(env, job_id: str, states=("COMPLETED",), timeout=360) -> dict[str, 
 
 
 def log_of(job_id: str, name: str = "*") -> str:
-    """The job's log (the newest of that id: each test cluster numbers its jobs from 1)."""
+    """The job's log: the newest of that id written since this cluster started."""
     files = sorted((p for p in (ROOT / "logs").glob(f"{name}-{job_id}.out") if p.stat().st_mtime >= STARTED["at"]),
                    key=lambda p: p.stat().st_mtime)
     return files[-1].read_text() if files else "(no log)"
