@@ -111,7 +111,8 @@ def run(argv: list[str]) -> dict:
         return wrapper
 
     wrapped = {(Trainer, "train"): 1, (Trainer, "train_step"): 0, (Trainer, "log"): -1, (Evaluator, "run"): -1,
-               (CheckpointManager, "save"): -1, (Trainer, "check_finite"): -1, (StopSignal, "agreed"): -1}
+               (CheckpointManager, "save"): -1, (Trainer, "check_finite"): -1, (StopSignal, "agreed"): -1,
+               (Trainer, "open_batches"): -1, (Trainer, "roll_back"): -1}
     cuda_syncs: Counter[str] = Counter()
     with ExitStack() as stack:
         for (cls, name), counting in wrapped.items():

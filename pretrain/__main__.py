@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from preprocess.dataset import DatasetError
     from pretrain.checkpoint import CheckpointError
     from pretrain.config import ConfigError, load_config
+    from pretrain.run import RUN_STOPPED
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, CheckpointError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except RUN_STOPPED as e:  # every rank stops at the same step, saying so
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if state["finished"]:
         print(f"finished at step {state['step']} ({state['samples']} samples)")
     else:

@@ -131,6 +131,28 @@ class EvalSection(_Section):
     max_sequences: int = Field(10_000, ge=1, description="validation sequences per evaluation, at any world size")
 
 
+class TrainSection(_Section):
+    """What the run does about a bad step: a loss that is not finite, a spike, a stuck fp16 loss scale."""
+
+    on_nonfinite: Literal["stop", "rollback"] = Field(
+        "rollback", description="on a bad step: rollback reloads the newest checkpoint, skips the bad step's "
+        "global batch and goes on (each roll-back logged); stop ends the run with an error naming the step")
+    max_rollbacks: int = Field(3, ge=0, description="roll-backs allowed within rollback_window steps; one more "
+                               "stops the run with an error")
+    rollback_window: int = Field(1000, ge=1, description="the window of steps max_rollbacks counts in")
+    spike_factor: float = Field(0.0, ge=0, description="a logged loss above this many times the median of the "
+                                "last spike_window logged losses is a bad step; 0: off")
+    spike_window: int = Field(100, ge=1, description="logged losses the spike rule's median is taken over")
+    fp16_min_scale_steps: int = Field(0, ge=0, description="fp16: the loss scale held at its minimum for this "
+                                      "many steps in a row is a bad step; 0: off")
+    skip_steps: list[Annotated[int, Field(ge=1)]] = Field(
+        [], description="steps whose global batch is skipped (its data drawn, not trained on; the schedule "
+        "moves on), as a roll-back skips a bad step's")
+    inject_nonfinite_at: list[Annotated[int, Field(ge=1)]] = Field(
+        [], description="fault injection, to see a roll-back happen: the loss of these steps is made NaN "
+        "(and with it the gradients and weights)")
+
+
 class TrainConfig(_Section):
     """A training run: its directory and one section per concern."""
 
@@ -144,6 +166,7 @@ class TrainConfig(_Section):
     checkpoint: CheckpointSection = CheckpointSection()
     logging: LoggingSection = LoggingSection()
     eval: EvalSection = EvalSection()
+    train: TrainSection = TrainSection()
 
     @model_validator(mode="after")
     def _packing_or_bucketing(self) -> TrainConfig:

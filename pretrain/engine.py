@@ -17,6 +17,8 @@ from pretrain.optim import Lamb, lr_lambda, parameter_groups
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
+FP16_MIN_LOSS_SCALE = 1  # fp16: the dynamic loss scale goes no lower (train.fp16_min_scale_steps watches it)
+
 def deepspeed_config(cfg: TrainConfig, world_size: int, on_gpu: bool | None = None,
                      load_universal: bool = False) -> dict:
     """DeepSpeed's JSON config for ``cfg`` at ``world_size`` ranks; ``load_universal``: the engine
@@ -52,7 +54,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, on_gpu: bool | None = No
         conf["bf16"] = {"enabled": True}
     elif d.precision == "fp16":
         conf["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "hysteresis": 2,
-                        "min_loss_scale": 1}
+                        "min_loss_scale": FP16_MIN_LOSS_SCALE}
     return conf
 
 

@@ -220,8 +220,9 @@ class MetricsLogger:
                  wandb_after: int | None = None):
         """``wandb_after``: the last step wandb has already seen (a resume that went back over steps);
         wandb's steps must increase, so later records reach it from the step after."""
-        self.rank = rank
+        self.rank, self.run_dir = rank, run_dir
         self.wandb_after = wandb_after
+        self.last_logged = wandb_after
         self.total_steps = total_steps
         self.eta = Eta(total_steps, clock=clock)
         self.file = open(run_dir.metrics, "a", encoding="utf-8") if rank == 0 else None
@@ -243,10 +244,21 @@ class MetricsLogger:
         self.file.flush()
         if self.wandb and (self.wandb_after is None or step > self.wandb_after):
             self.wandb.log(step, metrics)
+        self.last_logged = max(step, self.last_logged or 0)
         left = self.eta.seconds_left()
         shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
         eta = f" eta {format_seconds(left)}" if left is not None else ""
         self.progress.write(f"step {step}/{self.total_steps} {shown}{eta}")
+
+    def rewind(self, step: int) -> None:
+        """The run goes back to ``step`` (a roll-back): later records move to metrics-superseded.jsonl, as
+        on a resume, and wandb, which has seen them, gets records again from the step after its last."""
+        if self.rank != 0:
+            return
+        self.file.close()
+        self.run_dir.supersede_metrics(step)
+        self.file = open(self.run_dir.metrics, "a", encoding="utf-8")
+        self.wandb_after = self.last_logged
 
     def close(self) -> None:
         if self.progress is not None:

@@ -23,8 +23,9 @@ from pretrain.checkpoint import CheckpointManager, Shape
 from pretrain.config import AUTO, ConfigError, TrainConfig, check_against, resolved
 from pretrain.data import BatchPlan, make_loader
 from pretrain.distributed import StopSignal, World, end_distributed, init_distributed
-from pretrain.engine import build_engine
+from pretrain.engine import FP16_MIN_LOSS_SCALE, build_engine
 from pretrain.evaluation import Evaluator
+from pretrain.guard import BadStep, RollbackLimit
 from pretrain.hf_format import CheckpointFormatError, load_pretrained, vocab_fingerprint
 from pretrain.metrics import MetricsLogger, WandbSink, wandb_mode
 from pretrain.model import (
@@ -35,16 +36,24 @@ from pretrain.model import (
 )
 from pretrain.model_config import training_flops
 from pretrain.run_dir import DataRef, RunDir, directory_problem
-from pretrain.trainer import Loop, Trainer
+from pretrain.trainer import Guard, Loop, RollbackFailed, Trainer
 
 log = logging.getLogger("pretrain")
+# A run that stops on a bad step (train.on_nonfinite: stop), one roll-back too many, or a roll-back that
+# could not reload: every rank raises it at the same step.
+RUN_STOPPED = (BadStep, RollbackLimit, RollbackFailed)
 
 
 def train(cfg: TrainConfig, world: World) -> dict:
     """Train to ``optim.total_steps`` (or ``stop_at_step``), resuming from the newest complete
     checkpoint; the final state, with ``finished`` set when the schedule's end was reached."""
     run = RunDir(cfg.run_dir)
-    state = _train(cfg, world, run)
+    try:
+        state = _train(cfg, world, run)
+    except RUN_STOPPED as e:  # decided by every rank together: the groups can end cleanly
+        e.with_traceback(None)  # its frames held the engine
+        end_distributed()
+        raise
     # _train has returned: the engine, its optimizer, loader and evaluator are unreferenced now, and
     # end_distributed collects them while the interpreter is whole (else gloo aborts the exit)
     end_distributed()  # after a failure the process exits with its error instead
@@ -101,7 +110,10 @@ def _train(cfg: TrainConfig, world: World, run: RunDir) -> dict:
                      world.rank, cfg.data.seed, cfg.data.length_bucketing, cfg.data.packing, info.max_seq_length,
                      cfg.data.max_sequences_per_row, info.max_predictions_per_seq)
     pinned = torch.device(engine.device).type == "cuda"  # batches copied to the GPU without blocking
-    batches = iter(make_loader(data, plan, state["step"], cfg.data.num_workers, cfg.data.dynamic_masking, pinned))
+
+    def batches(step: int):  # from step + 1 on; again after a roll-back
+        return iter(make_loader(data, plan, step, cfg.data.num_workers, cfg.data.dynamic_masking, pinned))
+
     evaluator = None
     if cfg.eval.every_steps:
         held_out = PretrainingDataset(cfg.data.path, cfg.data.eval_split, expect_vocab_fingerprint=info.vocab_fingerprint)
@@ -126,6 +138,17 @@ def _train(cfg: TrainConfig, world: World, run: RunDir) -> dict:
         peak_tflops=cfg.logging.peak_tflops_per_device,
         fp16=cfg.deepspeed.precision == "fp16",
         count_host_syncs=cfg.logging.count_host_syncs,
+        guard=Guard(
+            rollback=cfg.train.on_nonfinite == "rollback",
+            max_rollbacks=cfg.train.max_rollbacks,
+            rollback_window=cfg.train.rollback_window,
+            spike_factor=cfg.train.spike_factor,
+            spike_window=cfg.train.spike_window,
+            fp16_min_scale_steps=cfg.train.fp16_min_scale_steps,
+            fp16_min_scale=FP16_MIN_LOSS_SCALE,
+            skip_steps=frozenset(cfg.train.skip_steps),
+            inject_nonfinite_at=frozenset(cfg.train.inject_nonfinite_at),
+        ),
     )
     trainer = Trainer(engine, batches, loop, checkpoints, metrics, evaluator, StopSignal(engine.device))
     try:

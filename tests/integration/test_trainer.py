@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -412,10 +413,52 @@ def test_a_dead_rank_ends_the_job_with_an_error_instead_of_a_hang(dataset, tmp_p
 
 
 def test_nan_loss_stops_the_run_naming_the_step(dataset, tmp_path):
-    proc = train(dataset, tmp_path / "run", "optim.lr=1e6", "optim.grad_clip=0", "optim.total_steps=50",
-                 check=False)
-    assert proc.returncode != 0
-    assert "NonFiniteLoss" in proc.stderr and "at step" in proc.stderr
+    """train.on_nonfinite=stop; and rollback with no checkpoint yet to roll back to: one clear line each."""
+    diverging = ("optim.lr=1e6", "optim.grad_clip=0", "optim.total_steps=50", "checkpoint.every_steps=100")
+    proc = train(dataset, tmp_path / "run", *diverging, "train.on_nonfinite=stop", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert re.search(r"error: loss is not finite at step \d+: lower optim.lr", proc.stderr), proc.stderr[-2000:]
+    proc = train(dataset, tmp_path / "run2", *diverging, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert re.search(r"error: loss is not finite at step \d+.*there is no checkpoint to roll back to yet",
+                     proc.stderr), proc.stderr[-2000:]
+
+
+# A fault at step 5 (train.inject_nonfinite_at), found at the logging step 6; the newest checkpoint is
+# step 3's, so steps 4 (again, exactly) and 6 on are trained after the roll-back, and step 5 is skipped.
+FAULT = ("optim.total_steps=9", "logging.every_steps=3", "checkpoint.every_steps=3", "eval.every_steps=0")
+
+
+@pytest.mark.parametrize("stage,ranks", [(0, 1), (3, 2)])
+def test_a_rolled_back_run_trains_as_one_told_to_skip_the_bad_step(dataset, tmp_path, stage, ranks):
+    shape = (f"deepspeed.zero_stage={stage}",)
+    proc = train(dataset, tmp_path / "fault", *FAULT, *shape, "train.inject_nonfinite_at=[5]", ranks=ranks)
+    train(dataset, tmp_path / "skip", *FAULT, *shape, "train.skip_steps=[5]", ranks=ranks)
+    assert "loss is not finite at step 5" in proc.stderr
+    assert "rolled back to the checkpoint of step 3 (step_00000003); the global batch of step 5 (samples 64-79 " \
+        "of the training order) will be skipped" in proc.stderr
+    assert "finished at step 9" in proc.stdout
+    fault, skip = losses(tmp_path / "fault"), losses(tmp_path / "skip")
+    assert sorted(fault) == [3, 6, 9]
+    assert fault == skip  # exact: the same weights, data and schedule at every step
+    records = {r["step"]: r for r in map(json.loads, open(tmp_path / "fault" / "metrics.jsonl"))}
+    assert records[5]["skipped_step"].startswith("loss is not finite; rolled back to step 3")
+    assert records[5]["skipped_samples"] == "64-79"  # global batch 16: positions 64-79 of the order
+    told = {r["step"]: r for r in map(json.loads, open(tmp_path / "skip" / "metrics.jsonl"))}
+    assert told[5] == {"step": 5, "skipped_step": "train.skip_steps", "skipped_samples": "64-79"}
+    marker = json.loads((tmp_path / "fault" / "checkpoints" / "step_00000009" / "COMPLETE").read_text())
+    assert list(marker["skipped"]) == ["5"]  # a resumed run skips it too
+
+
+def test_repeated_faults_stop_the_run_after_max_rollbacks(dataset, tmp_path):
+    proc = train(dataset, tmp_path / "run", *FAULT, "checkpoint.every_steps=1", "logging.every_steps=1",
+                 "train.inject_nonfinite_at=[2,4,5]", "train.max_rollbacks=2", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("rolled back to the checkpoint") == 2
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "loss is not finite at step 5" in error[0] and "roll-back 3 within 1000 steps" in error[0]
+    assert "bad steps 2, 4 were rolled back" in error[0] and "train.max_rollbacks" in error[0]
+    assert sorted(losses(tmp_path / "run")) == [1, 3]
 
 
 def test_length_bucketing_and_dynamic_masking_keep_resume_exact_past_a_half_written_checkpoint(dataset, tmp_path):
