@@ -26,9 +26,9 @@ def test_a_hung_test_fails_with_its_stack_and_the_next_test_runs(tmp_path):
     started = time.time()
     # the project's own configuration (its addopts and limit), with a short limit for this check
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
-                           "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path), "--timeout", "2",
+                           "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path), "--timeout", "1",
                            str(tmp_path / "test_hang.py")], capture_output=True, text=True, timeout=120)
     assert time.time() - started < 60
     assert proc.returncode == 1, proc.stdout[-2000:]
-    assert "Timeout (>2.0s) from pytest-timeout" in proc.stdout and "time.sleep(600)" in proc.stdout  # where it hung
+    assert "Timeout (>1.0s) from pytest-timeout" in proc.stdout and "time.sleep(600)" in proc.stdout  # where it hung
     assert "1 failed, 1 passed" in proc.stdout
