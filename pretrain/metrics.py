@@ -259,6 +259,7 @@ class MetricsLogger:
         self.run_dir.supersede_metrics(step)
         self.file = open(self.run_dir.metrics, "a", encoding="utf-8")
         self.wandb_after = self.last_logged
+        self.eta.ticks.clear()  # the pace is measured again from the steps trained after it
 
     def close(self) -> None:
         if self.progress is not None:

@@ -134,3 +134,20 @@ def test_device_timer_sums_the_timed_regions_until_read():
         time.sleep(0.01)
     timer.reset()
     assert timer.read() == 0.0
+
+
+def test_a_roll_back_rewinds_metrics_jsonl_and_wandb_sees_each_step_once(tmp_path, capsys):
+    sink = RecordingSink()
+    run = RunDir(tmp_path)
+    m = MetricsLogger(run, rank=0, total_steps=10, wandb=sink, clock=FakeClock())
+    for step in (1, 2, 3, 4):
+        m.tick(step)
+        m.log(step, {"loss": float(step)})
+    m.rewind(2)  # back to step 2's checkpoint: 3 and 4 are trained again
+    assert m.eta.seconds_left() is None  # the pace is measured afresh
+    for step in (3, 4, 5):
+        m.log(step, {"loss": 10.0 + step})
+    m.close()
+    assert [json.loads(x)["loss"] for x in run.metrics.read_text().splitlines()] == [1.0, 2.0, 13.0, 14.0, 15.0]
+    assert [json.loads(x)["step"] for x in run.metrics_superseded.read_text().splitlines()] == [3, 4]
+    assert sink.steps == [1, 2, 3, 4, 5]  # increasing, each once
