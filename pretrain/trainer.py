@@ -17,7 +17,10 @@ A step's losses and counts stay on the device: they are reduced over ranks and r
 by the host only at logging steps. A stop signal (SIGTERM, SIGUSR1) is agreed on by the ranks
 every ``STOP_CHECK_EVERY`` steps, so it is honoured within that many steps. A NaN or infinite loss is recorded on the device
 with its step and reported (:class:`NonFiniteLoss`) at the next logging step or
-before the next checkpoint, whichever comes first, so no checkpoint holds it.
+before the next checkpoint, whichever comes first, so no checkpoint holds it. Such a bad step (or
+a spike, or a stuck fp16 loss scale: :mod:`pretrain.guard`) is rolled back: the newest checkpoint
+is reloaded, the step's global batch is skipped and training goes on (:meth:`Trainer.roll_back`);
+with ``train.on_nonfinite: stop`` it ends the run instead.
 """
 
 from __future__ import annotations
