@@ -469,6 +469,23 @@ def test_a_rolled_back_run_trains_as_one_told_to_skip_the_bad_step(dataset, tmp_
         assert fault == pytest.approx(skip, rel=1e-5)
 
 
+def test_loss_spikes_are_rolled_back_and_skipped_as_a_run_told_to_skip_them(dataset, tmp_path):
+    """The spike rule through a run: a factor of 1.01 over the median of the last 10 logged losses
+    catches the ups of a tiny model's noisy loss; the steps it skipped, skipped from the start, give
+    the same losses."""
+    common = ("optim.total_steps=40", "eval.every_steps=0", "checkpoint.every_steps=5", "train.max_rollbacks=20")
+    proc = train(dataset, tmp_path / "spikes", *common, "train.spike_factor=1.01", "train.spike_window=10")
+    spikes = sorted(int(k) for k in json.loads(
+        (tmp_path / "spikes" / "checkpoints" / "step_00000040" / "COMPLETE").read_text())["skipped"])
+    assert spikes and all(s > 10 for s in spikes)  # some, and none before 10 losses were seen
+    assert "loss spike (" in proc.stderr and "times the median of the last 10 logged losses) at step" in proc.stderr
+    records = {r["step"]: r for r in map(json.loads, open(tmp_path / "spikes" / "metrics.jsonl"))}
+    assert all(records[s]["skipped_step"].startswith("loss spike") for s in spikes)
+    train(dataset, tmp_path / "told", *common, f"train.skip_steps={spikes}")
+    assert losses(tmp_path / "spikes") == losses(tmp_path / "told")
+    assert sorted(losses(tmp_path / "told")) == [s for s in range(1, 41) if s not in spikes]
+
+
 def test_repeated_faults_stop_the_run_after_max_rollbacks(dataset, tmp_path):
     proc = train(dataset, tmp_path / "run", *FAULT, "checkpoint.every_steps=1", "logging.every_steps=1",
                  "train.inject_nonfinite_at=[2,4,5]", "train.max_rollbacks=2", check=False)
