@@ -16,7 +16,6 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 
-from apache_beam.io.filesystems import FileSystems
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from preprocess.cli import parser
@@ -68,6 +67,8 @@ def train_vocab(
 
 
 def write_vocab_txt(tok: Tokenizer, path: str) -> None:
+    from apache_beam.io.filesystems import FileSystems  # here: Beam logs a notice when imported
+
     vocab = tok.get_vocab()
     tokens = sorted(vocab, key=vocab.get)
     with FileSystems.create(path) as f:
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes counting words; the vocabulary is the same for any number")
     args = p.parse_args(argv)
+    from preprocess import logs
+
+    logs.setup()  # before Beam is imported: third parties' notices stay out of the output
     for flag, value, least in (("--vocab-size", args.vocab_size, len(SPECIAL_TOKENS) + 1),
                                ("--min-frequency", args.min_frequency, 0),
                                ("--limit-alphabet", args.limit_alphabet, 1), ("--workers", args.workers, 1)):

@@ -31,6 +31,7 @@ def test_three_runs_at_one_and_two_workers_write_the_same_bytes(corpus_dir, voca
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr
         assert f"wrote 3000 tokens to {out}" in stdout
+        assert stderr == "", stderr  # no third party's notices
     texts = {name: out.read_bytes() for name, (out, _) in runs.items()}
     assert texts["one"] == texts["two"] == texts["again"]
     # and the in-process training the other tests use gives the same bytes too
