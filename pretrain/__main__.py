@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from preprocess.dataset import DatasetError
     from pretrain.checkpoint import CheckpointError
     from pretrain.config import ConfigError, load_config
-    from pretrain.run import RUN_STOPPED
+    from pretrain.guard import RUN_STOPPED
 
     try:
         cfg = load_config(args.config, args.overrides)

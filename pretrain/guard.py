@@ -26,6 +26,15 @@ class RollbackLimit(RuntimeError):
     """More roll-backs than ``train.max_rollbacks`` within ``train.rollback_window`` steps."""
 
 
+class RollbackFailed(RuntimeError):
+    """A roll-back could not reload a checkpoint on every rank."""
+
+
+# A run that stops on a bad step (train.on_nonfinite: stop), one roll-back too many, or a roll-back that
+# could not reload: every rank raises it at the same step.
+RUN_STOPPED = (BadStep, RollbackLimit, RollbackFailed)
+
+
 class SpikeRule:
     """A logged loss above ``factor`` times the median of the ``window`` logged before it; off at
     ``factor`` 0, and until ``min(window, 10)`` losses have been seen."""

@@ -25,7 +25,7 @@ from pretrain.data import BatchPlan, make_loader
 from pretrain.distributed import StopSignal, World, end_distributed, init_distributed
 from pretrain.engine import FP16_MIN_LOSS_SCALE, build_engine
 from pretrain.evaluation import Evaluator
-from pretrain.guard import BadStep, RollbackLimit
+from pretrain.guard import RUN_STOPPED
 from pretrain.hf_format import CheckpointFormatError, load_pretrained, vocab_fingerprint
 from pretrain.metrics import MetricsLogger, WandbSink, wandb_mode
 from pretrain.model import (
@@ -36,12 +36,9 @@ from pretrain.model import (
 )
 from pretrain.model_config import training_flops
 from pretrain.run_dir import DataRef, RunDir, directory_problem
-from pretrain.trainer import Guard, Loop, RollbackFailed, Trainer
+from pretrain.trainer import Guard, Loop, Trainer
 
 log = logging.getLogger("pretrain")
-# A run that stops on a bad step (train.on_nonfinite: stop), one roll-back too many, or a roll-back that
-# could not reload: every rank raises it at the same step.
-RUN_STOPPED = (BadStep, RollbackLimit, RollbackFailed)
 
 
 def train(cfg: TrainConfig, world: World) -> dict:

@@ -40,7 +40,7 @@ from pretrain.checkpoint import CheckpointManager
 from pretrain.distributed import StopSignal
 from pretrain.engine import grad_norm
 from pretrain.evaluation import Evaluator
-from pretrain.guard import BadStep, RollbackBudget, ScaleRule, SpikeRule
+from pretrain.guard import BadStep, RollbackBudget, RollbackFailed, ScaleRule, SpikeRule
 from pretrain.metrics import COUNTS, DeviceTimer, HostSyncs, Interval, MetricsLogger, memory_gb
 
 if TYPE_CHECKING:
@@ -59,10 +59,6 @@ _NO_BAD_STEP = 2.0**52  # the non-finite tracker holds _NO_BAD_STEP - step, so a
 
 class NonFiniteLoss(BadStep):
     """The loss became NaN or infinite; the message names the step."""
-
-
-class RollbackFailed(RuntimeError):
-    """A roll-back could not reload a checkpoint on every rank."""
 
 
 @dataclass(frozen=True)
@@ -193,11 +189,14 @@ class Trainer:
         if self.engine.lr_scheduler is not None:
             self.engine.lr_scheduler.step()
 
-    def skip_record(self, step: int) -> dict:
-        """What metrics.jsonl, wandb and the log say of a skipped step: why, and which samples: the step's
-        global batch, at these positions of the training order (:mod:`pretrain.data`)."""
+    def samples_of(self, step: int) -> str:
+        """Step ``step``'s global batch: these positions of the training order (:mod:`pretrain.data`)."""
         first = (step - 1) * self.loop.global_batch
-        return {"skipped_step": self.skips[step], "skipped_samples": f"{first}-{first + self.loop.global_batch - 1}"}
+        return f"{first}-{first + self.loop.global_batch - 1}"
+
+    def skip_record(self, step: int) -> dict:
+        """What metrics.jsonl and wandb say of a skipped step: why, and which samples."""
+        return {"skipped_step": self.skips[step], "skipped_samples": self.samples_of(step)}
 
     def roll_back(self, bad: BadStep) -> dict:
         """Reload the newest checkpoint (before ``bad.step``: none is written past a bad step), mark
@@ -218,17 +217,15 @@ class Trainer:
         if failed.item():
             raise RollbackFailed(f"{bad}: reloading {resume.path} failed on "
                                  f"{'this rank' if failure else 'another rank'}: {failure or 'see its log'}") from bad
-        reason = bad.reason
-        self.skips[bad.step] = f"{reason}; rolled back to step {state['step']}"
+        self.skips[bad.step] = f"{bad.reason}; rolled back to step {state['step']}"
         self.bad.zero_()
         self.spikes.forget_after(state["step"])
         self.scale.reset()
         self.open_batches(state["step"])
         self.metrics.rewind(state["step"])
-        first = (bad.step - 1) * self.loop.global_batch
         log.warning("%s: rolled back to the checkpoint of step %d (%s); the global batch of step %d (samples "
-                    "%d-%d of the training order) will be skipped", bad, state["step"], resume.path.name, bad.step,
-                    first, first + self.loop.global_batch - 1)
+                    "%s of the training order) will be skipped", bad, state["step"], resume.path.name, bad.step,
+                    self.samples_of(bad.step))
         return {**state, "skipped": self.skipped()}
 
     def train_step(self, step: int, measure_grad_norm: bool = False) -> tuple[torch.Tensor, dict[str, int], float]:
