@@ -37,8 +37,8 @@ import psutil
 
 from bench.preprocess_throughput import build_corpus, fetch_package, rst_sources
 from preprocess.documents import ReadParams
-from preprocess.tokenization import MAX_INPUT_CHARS_PER_WORD, SPECIAL_TOKENS
-from preprocess.vocab import corpus_lines, wordpiece_tokenizer
+from preprocess.tokenization import MAX_INPUT_CHARS_PER_WORD, SPECIAL_TOKENS, wordpiece_tokenizer
+from preprocess.vocab import corpus_lines
 from preprocess.word_counts import count_words
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def fortune_documents(root: Path) -> list[list[str]]:
 
 def quality(vocab: list[str], lines: list[str]) -> tuple[float, int, int]:
     """Tokens per word, [UNK] tokens and words of ``lines`` under ``vocab``."""
-    tok = wordpiece_tokenizer(vocab)
+    tok = wordpiece_tokenizer({t: i for i, t in enumerate(vocab)}, lower_case=True)
     unk = tok.token_to_id("[UNK]")
     tokens = unks = 0
     for i in range(0, len(lines), 10000):

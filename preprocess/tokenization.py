@@ -78,6 +78,21 @@ def vocab_lines(text: str) -> list[str]:
     return [line.strip() for line in lines]
 
 
+def bert_normalizer(lower_case: bool) -> normalizers.Normalizer:
+    """BERT's normalisation: control characters dropped, CJK characters spaced, lower-cased and
+    accent-stripped unless cased."""
+    return normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                      lowercase=lower_case)
+
+
+def wordpiece_tokenizer(vocab: dict[str, int], lower_case: bool) -> Tokenizer:
+    """BERT's tokenizer over ``vocab`` (token -> id): normalised, split at spaces and punctuation, WordPiece."""
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
+    tok.normalizer = bert_normalizer(lower_case)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tok
+
+
 def build_tokenizer(spec: TokenizerSpec) -> Tokenizer:
     """The ``tokenizers`` pipeline for ``spec``; raises :class:`VocabError` on bad input."""
     if spec.is_json:
@@ -92,13 +107,7 @@ def build_tokenizer(spec: TokenizerSpec) -> Tokenizer:
             vocab[t] = i  # on a duplicate line the later id wins, as in the reference
         if "[UNK]" not in vocab:
             raise VocabError(f"vocabulary {spec.path} has no [UNK] token")
-        tok = Tokenizer(
-            models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
-        )
-        tok.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=spec.lower_case
-        )
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok = wordpiece_tokenizer(vocab, spec.lower_case)
     vocab = tok.get_vocab(with_added_tokens=True)
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:

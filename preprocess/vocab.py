@@ -16,12 +16,12 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer
 
 from preprocess.cli import parser
 from preprocess.documents import ReadParams, file_format, open_input, read_documents
-from preprocess.tokenization import MAX_INPUT_CHARS_PER_WORD, SPECIAL_TOKENS
-from preprocess.word_counts import bert_normalizer, count_words
+from preprocess.tokenization import SPECIAL_TOKENS, wordpiece_tokenizer
+from preprocess.word_counts import count_words
 from preprocess.wordpiece import learn_wordpiece
 
 
@@ -30,16 +30,6 @@ def corpus_lines(files: list[str], params: ReadParams, stats: Counter) -> Iterat
         with open_input(path) as f:
             for doc in read_documents(f, index, file_format(path, params), params, stats):
                 yield from doc.lines
-
-
-def wordpiece_tokenizer(vocab: list[str], lower_case: bool = True) -> Tokenizer:
-    """A WordPiece tokenizer over ``vocab`` (in id order), normalising as the job does."""
-    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]",
-                                     max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
-    tok.normalizer = bert_normalizer(lower_case)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
-    return tok
 
 
 def train_vocab(
@@ -63,7 +53,9 @@ def train_vocab(
     stats: Counter = Counter()
     counts = count_words(corpus_lines(files, params or ReadParams(), stats), lower_case, processes)
     vocab = learn_wordpiece(counts, vocab_size, min_frequency, limit_alphabet, SPECIAL_TOKENS)
-    return wordpiece_tokenizer(vocab, lower_case), stats
+    tok = wordpiece_tokenizer({t: i for i, t in enumerate(vocab)}, lower_case)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))  # as the library's trainer leaves them in tokenizer.json
+    return tok, stats
 
 
 def write_vocab_txt(tok: Tokenizer, path: str) -> None:

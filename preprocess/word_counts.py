@@ -2,10 +2,8 @@
 
 A word is what ``tokenizers``' ``BertNormalizer`` and ``BertPreTokenizer`` make of the text
 (normalised, split at spaces and punctuation, CJK characters on their own), the very steps the
-preprocessing job's tokenizer runs before WordPiece. The counts are exact sums, so they are the
-same for any number of processes and any order of the lines.
-
-Imports only ``tokenizers``: worker processes start in a fraction of a second.
+preprocessing job's tokenizer runs before WordPiece (:func:`preprocess.tokenization.bert_normalizer`).
+The counts are exact sums, so they are the same for any number of processes and any order of the lines.
 """
 
 from __future__ import annotations
@@ -15,7 +13,9 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 
-from tokenizers import normalizers, pre_tokenizers
+from tokenizers import pre_tokenizers
+
+from preprocess.tokenization import bert_normalizer
 
 # Lines normalised and pre-tokenized per call into the library: one call per line spends most of
 # the time crossing into Rust, and much longer strings cost more per byte (measured: 64 lines a
@@ -24,12 +24,6 @@ _LINES_PER_CALL = 64
 # Lines a worker process counts per task, and tasks in flight per process: what the parent holds.
 _LINES_PER_TASK = 8192
 _TASKS_IN_FLIGHT = 2
-
-
-def bert_normalizer(lower_case: bool) -> normalizers.Normalizer:
-    """The job's normalisation (:func:`preprocess.tokenization.build_tokenizer`)."""
-    return normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
-                                      lowercase=lower_case)
 
 
 def count_lines(lines: list[str], lower_case: bool) -> Counter:

@@ -5,7 +5,8 @@ from collections import Counter
 from tokenizers import pre_tokenizers
 
 from preprocess import word_counts
-from preprocess.word_counts import bert_normalizer, count_words
+from preprocess.tokenization import bert_normalizer
+from preprocess.word_counts import count_words
 
 LINES = [
     "Héllo Wörld! Ça va? naïve café résumé",
