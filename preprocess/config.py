@@ -50,9 +50,10 @@ class PreprocessConfig(BaseModel):
     masked_lm_prob: float = Field(0.15, gt=0, lt=1, description="share of tokens masked")
     max_predictions_per_seq: int = Field(20, ge=1, description="most masked positions per sequence")
     short_seq_prob: float = Field(0.1, ge=0, le=1, description="chance of a shorter target length, per document and pass")
-    input_format: Literal["auto", "text", "jsonl"] = Field(
-        "auto", description="auto: .jsonl/.ndjson/.json (optionally compressed) are JSON Lines, the rest text")
-    text_field: str = Field("text", description="JSON Lines field holding the document text")
+    input_format: Literal["auto", "text", "jsonl", "parquet", "mediawiki"] = Field(
+        "auto", description="auto: by extension: .jsonl/.ndjson/.json JSON Lines, .parquet/.pq Parquet, .xml a "
+        "MediaWiki dump (Wikipedia's pages-articles), the rest text; all but Parquet optionally compressed")
+    text_field: str = Field("text", description="JSON Lines field or Parquet column holding the document text")
     language: str = Field("en", description="language code for sentence segmentation")
     max_line_bytes: int = Field(ReadParams.max_line_bytes, ge=1024, description="longer lines are cut at whitespace")
     max_document_bytes: int = Field(ReadParams.max_document_bytes, ge=1024,

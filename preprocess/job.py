@@ -152,7 +152,7 @@ def summary(manifest: dict) -> str:
             f"[UNK] {st['unk_rate']:.4f}, truncated tokens {st.get('tokens_truncated', 0):,}"
         )
     docs = manifest["documents"]
-    skipped = {k: v for k, v in docs.items() if k.startswith(("file_", "line_", "json_", "document_")) and v}
+    skipped = {k: v for k, v in docs.items() if k.startswith(("file_", "line_", "json_", "document_", "parquet_", "wiki_")) and v}
     lines.append(
         f"documents: {docs.get('documents_read', 0):,} read, {docs.get('documents_used', 0):,} used"
         + (f"; counted: {json.dumps(skipped, sort_keys=True)}" if skipped else "")

@@ -1,8 +1,8 @@
 """Train a WordPiece vocabulary from a corpus, the same bytes on every run.
 
 ``bert-train-vocab --input 'corpus/*.txt' --output vocab.txt --vocab-size 30522``
-(or ``python -m preprocess.vocab``) reads the same formats as the preprocessing job
-(text or JSON Lines, compressed or not) and writes a BERT ``vocab.txt`` with
+(or ``python -m preprocess.vocab``) reads the same formats as the preprocessing job (text,
+JSON Lines, Parquet or a MediaWiki XML dump, compressed or not) and writes a BERT ``vocab.txt`` with
 [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, normalised as the job will tokenize
 (lower-cased and accent-stripped unless ``--no-lower-case``). ``--tokenizer-json``
 also writes the full tokenizer.
@@ -19,17 +19,17 @@ from collections.abc import Iterator
 from tokenizers import Tokenizer
 
 from preprocess.cli import parser
-from preprocess.documents import ReadParams, file_format, open_input, read_documents
+from preprocess.documents import FORMATS, ReadParams, read_file
 from preprocess.tokenization import SPECIAL_TOKENS, wordpiece_tokenizer
 from preprocess.word_counts import count_words
 from preprocess.wordpiece import learn_wordpiece
 
 
 def corpus_lines(files: list[str], params: ReadParams, stats: Counter) -> Iterator[str]:
+    """Every line of every document of ``files``, read as the job reads them (bad input counted in ``stats``)."""
     for index, path in enumerate(files):
-        with open_input(path) as f:
-            for doc in read_documents(f, index, file_format(path, params), params, stats):
-                yield from doc.lines
+        for doc in read_file(index, path, params, stats):
+            yield from doc.lines
 
 
 def train_vocab(
@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="most single characters kept, the most frequent (rarer ones become [UNK])")
     p.add_argument("--lower-case", action=argparse.BooleanOptionalAction, default=True,
                    help="lower-case and strip accents (an uncased vocabulary)")
-    p.add_argument("--input-format", default="auto", choices=["auto", "text", "jsonl"],
+    p.add_argument("--input-format", default="auto", choices=["auto", *FORMATS],
                    help="auto: by extension, as python -m preprocess")
-    p.add_argument("--text-field", default="text", help="JSON Lines field holding the text")
+    p.add_argument("--text-field", default="text", help="JSON Lines field or Parquet column holding the text")
     p.add_argument("--tokenizer-json", help="also write the tokenizer as tokenizer.json here")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes counting words; the vocabulary is the same for any number")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     write_vocab_txt(tok, args.output)
     if args.tokenizer_json:
         tok.save(args.tokenizer_json)
-    skipped = {k: v for k, v in sorted(stats.items()) if k != "documents_read" and v}
+    skipped = {k: v for k, v in sorted(stats.items()) if k not in ("documents_read", "files", "errors") and v}
     print(f"wrote {tok.get_vocab_size()} tokens to {args.output} from {stats['documents_read']} documents"
           + (f"; counted: {skipped}" if skipped else ""))
     return 0

@@ -38,6 +38,35 @@ def vocab_file(tmp_path_factory, corpus_dir) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def parquet_corpus(tmp_path_factory, corpus_docs) -> Path:
+    """The corpus as three Parquet files of several row groups (a document per row, its lines joined),
+    with an id column beside the text and one null text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path_factory.mktemp("parquet")
+    for i in range(3):
+        texts = ["\n".join(doc) for doc in corpus_docs[i::3]] + [None]
+        table = pa.table({"id": pa.array(range(len(texts)), pa.int64()), "text": pa.array(texts, pa.string())})
+        pq.write_table(table, d / f"train-{i:05d}-of-00003.parquet", row_group_size=64)
+    return d
+
+
+@pytest.fixture(scope="session")
+def wiki_corpus(tmp_path_factory, corpus_docs) -> Path:
+    """The corpus as two MediaWiki dumps (bz2 multistream, as Wikipedia's, and plain XML): articles in
+    markup, talk pages and redirects."""
+    from tests.wiki_dump import plain_documents, wiki_pages, write_dump
+
+    d = tmp_path_factory.mktemp("wiki")
+    pages = wiki_pages(plain_documents(corpus_docs))
+    half = len(pages) // 2
+    write_dump(d / "wiki-pages-articles-multistream1.xml.bz2", pages[:half], streams_of=100)
+    write_dump(d / "wiki-pages-articles-multistream2.xml", pages[half:])
+    return d
+
+
 def run_job(inputs: list[str], output: Path, vocab: str, *extra: str, workers: int = 1) -> dict:
     """Run the real job through its command-line parser."""
     from preprocess.config import parse_args

@@ -1,7 +1,7 @@
 """Stage 1, read and segment: (file index, path) -> batches of documents -> of (doc_id, sentences).
 
-:func:`read_file` reads one input file into documents, counting what it skips; a file
-that breaks mid-stream keeps the documents read before the fault. Documents leave in
+:func:`~preprocess.documents.read_file` reads one input file into documents, counting what it
+skips; a file that breaks mid-stream keeps the documents read before the fault. Documents leave in
 batches of up to :data:`DOCUMENTS_PER_BATCH` of one file, the unit the tokenizer encodes
 at once (batched here, in ``process``, rather than by ``BatchElements``, whose last batch
 of a bundle is emitted from ``finish_bundle``: see :mod:`preprocess.runners`).
@@ -9,37 +9,17 @@ of a bundle is emitted from ``finish_bundle``: see :mod:`preprocess.runners`).
 
 from __future__ import annotations
 
-import logging
-import zlib
 from collections import Counter
-from collections.abc import Iterator
 
 import apache_beam as beam
 
 from preprocess import progress
-from preprocess.documents import Document, ReadParams, file_format, open_input, read_documents
+from preprocess.documents import Document, ReadParams, read_file
 from preprocess.sentences import split_sentences
 from preprocess.stages.counting import NAMESPACE, STATS, ByTag, count
 
-log = logging.getLogger(NAMESPACE)
-COMPRESSED = (".gz", ".bz2", ".zst", ".deflate")
 DOCUMENTS_PER_BATCH = 256
 DOCUMENTS = "documents"
-
-
-def read_file(file_index: int, path: str, params: ReadParams, stats: Counter) -> Iterator[Document]:
-    """The documents of one file; skips and faults are counted in ``stats`` by reason."""
-    stats["files"] += 1
-    try:
-        with open_input(path) as f:
-            yield from read_documents(f, file_index, file_format(path, params), params, stats)
-    except (OSError, EOFError, ValueError, zlib.error) as e:
-        # Corrupt compressed data raises one of these mid-stream: documents already
-        # yielded are kept, the rest of the file is lost and counted.
-        opened = stats["documents_read"] > 0 or stats["line_invalid_utf8"] > 0
-        stats["file_corrupt" if opened or path.lower().endswith(COMPRESSED) else "file_unreadable"] += 1
-        stats["errors"] += 1
-        log.warning("input %s: %s: %s (counted, job continues)", path, type(e).__name__, e)
 
 
 class _ReadFileFn(beam.DoFn):

@@ -87,6 +87,44 @@ def _tokenizer_pool_size(vocab_file: str) -> str:
     return os.environ["RAYON_NUM_THREADS"]
 
 
+def nsp_contract(out: Path) -> list[dict]:
+    """Every row of a dataset: 50/50 IsNext/NotNext, NotNext B from another document, IsNext from A's."""
+    ds = PretrainingDataset(str(out), verify="checksum")
+    rows = ds.rows(np.arange(len(ds)))
+    nsp = np.array([r["next_sentence_label"] for r in rows])
+    assert len(rows) > 500 and abs(nsp.mean() - 0.5) < 4 * np.sqrt(0.25 / len(rows))
+    assert all((r["doc_id_a"] != r["doc_id_b"]) == bool(r["next_sentence_label"]) for r in rows)
+    return rows
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "mediawiki"])
+def test_parquet_and_wikipedia_dumps_give_identical_bytes_for_1_and_2_workers(fmt, parquet_corpus, wiki_corpus,
+                                                                               corpus_docs, vocab_file, tmp_path):
+    from tests.wiki_dump import plain_documents
+
+    corpus = parquet_corpus if fmt == "parquet" else wiki_corpus
+    args = ("--max-seq-length", "96", "--dupe-factor", "2", "--num-shards", "3", "--validation-fraction", "0.05")
+    one = run_job([str(corpus / "*")], tmp_path / "one", vocab_file, *args, workers=1)
+    run_job([str(corpus / "*")], tmp_path / "two", vocab_file, *args, workers=2)
+    a, b = files_of(tmp_path / "one"), files_of(tmp_path / "two")
+    assert a.keys() == b.keys() and len(a) == 3 + 1 + 2 and all(a[k] == b[k] for k in a)
+    docs = one["documents"]
+    assert docs["documents_used"] == docs["documents_read"]
+    rows = nsp_contract(tmp_path / "one")
+    sources = {document_source(r[k]) for r in rows for k in ("doc_id_a", "doc_id_b")}
+    if fmt == "parquet":  # (file, row): the row of its file that holds the document
+        assert docs["documents_read"] == len(corpus_docs) and docs["parquet_null_text"] == 3
+        sizes = [(len(corpus_docs) - i + 2) // 3 for i in range(3)]
+        assert all(f < 3 and row < sizes[f] for f, row in sources)
+    else:  # (file, page id): articles only; talk pages and redirects counted
+        plain = plain_documents(corpus_docs)
+        talk, redirects = sum(i % 10 == 9 for i in range(len(plain))), sum(i % 10 != 9 and i % 7 == 6
+                                                                         for i in range(len(plain)))
+        assert (docs["wiki_not_article"], docs["wiki_redirect"]) == (talk, redirects)
+        assert docs["documents_read"] == len(plain) - talk - redirects
+        assert all(f < 2 and (page - 10) % 2 == 0 and (page - 10) // 2 % 10 != 9 for f, page in sources)
+
+
 def test_dask_runner_on_two_worker_processes_gives_the_local_runners_bytes(corpus_dir, vocab_file, dataset, tmp_path):
     from distributed import Client, LocalCluster
 

@@ -49,6 +49,27 @@ def test_three_runs_at_one_and_two_workers_write_the_same_bytes(corpus_dir, voca
     assert written == build_tokenizer(TokenizerSpec(str(runs["one"][0]))).encode(text, add_special_tokens=False).ids
 
 
+def test_parquet_and_wikipedia_dumps_give_the_vocabulary_of_their_text(corpus_dir, parquet_corpus, wiki_corpus,
+                                                                        corpus_docs, tmp_path, capsys):
+    from preprocess.example import write_corpus
+    from tests.wiki_dump import plain_documents
+
+    def trained(*args: str) -> bytes:
+        out = tmp_path / "vocab.txt"
+        assert vocab.main([*args, "--output", str(out), "--vocab-size", "2000", "--workers", "1"]) == 0
+        return out.read_bytes()
+
+    # a Parquet row's text is the document's lines: the words of the text corpus
+    assert trained("--input", str(parquet_corpus / "*.parquet")) == trained("--input", str(corpus_dir / "*.txt"))
+    assert "parquet_null_text" in capsys.readouterr().out
+    # an article reads back as its paragraphs: the words of those paragraphs as plain text
+    plain = write_corpus(tmp_path / "plain", [d for i, d in enumerate(plain_documents(corpus_docs))
+                                              if i % 10 != 9 and i % 7 != 6])
+    assert trained("--input", str(wiki_corpus / "*")) == trained("--input", *[str(p) for p in plain][:1],
+                                                                 *[a for p in plain[1:] for a in ("--input", str(p))])
+    assert "wiki_redirect" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("flag, value", [("--vocab-size", "5"), ("--min-frequency", "-1"),
                                          ("--limit-alphabet", "0"), ("--workers", "0")])
 def test_bad_options_are_one_clear_line(flag, value, corpus_dir, tmp_path, capsys):

@@ -1,14 +1,13 @@
 """Stage 1: reading files into documents, and sentence segmentation."""
 
 import gzip
-from collections import Counter
 
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from preprocess.documents import Document, ReadParams, document_id
-from preprocess.stages.read import ReadCorpus, SplitSentences, read_file
+from preprocess.stages.read import ReadCorpus, SplitSentences
 
 
 def test_read_corpus_reads_text_and_gzip_and_counts_bad_files(tmp_path):
@@ -48,16 +47,3 @@ def test_documents_leave_in_batches_of_one_file(tmp_path):
     out = list(_ReadFileFn(ReadParams()).process((0, str(tmp_path / "a.txt"))))
     assert [(tag, len(v) if tag == "documents" else v[0]) for tag, v in out] == [
         ("documents", DOCUMENTS_PER_BATCH), ("documents", 3), ("stats", "documents")]
-
-
-def test_read_file_keeps_documents_before_a_fault_and_counts_it(tmp_path):
-    path = tmp_path / "cut.txt.gz"
-    data = gzip.compress(b"".join(f"Document number {i}.\n\n".encode() for i in range(20000)))
-    path.write_bytes(data[: len(data) // 2])
-    stats = Counter()
-    docs = list(read_file(3, str(path), ReadParams(), stats))
-    assert 0 < len(docs) < 20000 and docs[0] == Document(document_id(3, 0), ["Document number 0."])
-    assert stats["files"] == 1 and stats["file_corrupt"] == 1 and stats["errors"] == 1
-    stats = Counter()
-    assert list(read_file(0, str(tmp_path / "missing.txt"), ReadParams(), stats)) == []
-    assert stats["file_unreadable"] == 1
