@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from preprocess.cli import parser
 from preprocess.documents import ReadParams
+from preprocess.input_parts import PART_BYTES
 from preprocess.masking import MaskingParams
 from preprocess.pairs import PairingParams
 
@@ -54,6 +55,9 @@ class PreprocessConfig(BaseModel):
         "auto", description="auto: by extension: .jsonl/.ndjson/.json JSON Lines, .parquet/.pq Parquet, .xml a "
         "MediaWiki dump (Wikipedia's pages-articles), the rest text; all but Parquet optionally compressed")
     text_field: str = Field("text", description="JSON Lines field or Parquet column holding the document text")
+    input_part_bytes: int = Field(PART_BYTES, ge=4096, description="Parquet files and MediaWiki dumps larger "
+                                  "than this are read in parts of about this size by several workers (the same "
+                                  "output for any size)")
     language: str = Field("en", description="language code for sentence segmentation")
     max_line_bytes: int = Field(ReadParams.max_line_bytes, ge=1024, description="longer lines are cut at whitespace")
     max_document_bytes: int = Field(ReadParams.max_document_bytes, ge=1024,
@@ -82,7 +86,8 @@ class PreprocessConfig(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         """The options as the manifest's ``config`` section records them (reading limits under ``read``)."""
-        d = self.model_dump(exclude={"max_line_bytes", "max_document_bytes", "max_json_line_bytes"})
+        d = self.model_dump(exclude={"max_line_bytes", "max_document_bytes", "max_json_line_bytes",
+                                     "input_part_bytes"})  # how the work is cut, not what it makes
         d["inputs"] = list(self.inputs)
         d["read"] = vars(self.read_params)
         return d

@@ -1,14 +1,12 @@
 """Reading raw corpora into documents, without losing good data to bad input.
 
-Four formats (:func:`file_format` picks one by extension unless ``input_format`` says):
+The formats of streams (:mod:`preprocess.inputs` reads any input, Parquet included):
 
 * plain text, one document per blank-line-separated block (Google's BERT layout; lines
   may be sentences or whole paragraphs);
 * JSON Lines, one document per line in a configurable text field;
-* Parquet (``.parquet``, ``.pq``), one document per row of the text column, read one
-  row group at a time (memory is a row group's text column, never the file);
-* MediaWiki XML dumps (``.xml``: Wikipedia's ``*-pages-articles*.xml.bz2``), one document
-  per article, its paragraphs as lines (:mod:`preprocess.mediawiki`).
+* MediaWiki XML dumps (Wikipedia's ``*-pages-articles*.xml.bz2``), one document per
+  article, its paragraphs as lines (:mod:`preprocess.mediawiki`).
 
 Text, JSON Lines and XML may be gzip/bz2/zstd compressed. Every file is opened through
 Beam's filesystems, which pick the codec from the extension and reach gs://, s3:// and
@@ -25,8 +23,6 @@ Bad input is skipped item by item and counted in ``stats`` by reason (the manife
 * a line longer than ``max_line_bytes`` is cut at whitespace into pieces; a document
   larger than ``max_document_bytes`` is split at a line boundary;
 * a JSON line that does not parse, is not an object or lacks the text field;
-* a Parquet file that is not Parquet, lacks the text column or whose column is not text
-  (skipped whole, with a warning naming the file and its columns); a null text;
 * a dump's pages that are not articles (:mod:`preprocess.mediawiki` lists the reasons).
 
 Documents get stable 64-bit ids, ``file_index << 40 | place``: ``file_index`` is the
@@ -41,8 +37,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
-import logging
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,15 +46,12 @@ FILE_INDEX_BITS = 24
 OFFSET_BITS = 40
 MAX_FILES = 1 << FILE_INDEX_BITS
 MAX_OFFSET = 1 << OFFSET_BITS
-FORMATS = ("text", "jsonl", "parquet", "mediawiki")
 COMPRESSED = (".gz", ".bz2", ".zst", ".deflate")
-PARQUET_ROWS_PER_BATCH = 1024  # rows of a row group made Python strings at once
-log = logging.getLogger("preprocess")
 
 
 @dataclass(frozen=True)
 class ReadParams:
-    input_format: str = "auto"  # auto or one of FORMATS
+    input_format: str = "auto"  # auto or one of preprocess.inputs.FORMATS
     text_field: str = "text"
     max_line_bytes: int = 1 << 20
     max_document_bytes: int = 16 << 20
@@ -70,30 +61,6 @@ class ReadParams:
 class Document(NamedTuple):
     doc_id: int
     lines: list[str]
-
-
-def read_file(file_index: int, path: str, params: ReadParams, stats: Counter) -> Iterator[Document]:
-    """The documents of one input file; skips and faults are counted in ``stats`` by reason.
-
-    A file that breaks mid-stream (corrupt compressed data, truncated XML or Parquet)
-    keeps the documents read before the fault; the fault is counted (``file_corrupt``, or
-    ``file_unreadable`` when nothing could be read) and logged with the file's name.
-    """
-    stats["files"] += 1
-    fmt = file_format(path, params)
-    try:
-        if fmt == "parquet":
-            yield from _parquet_documents(path, file_index, params, stats)
-            return
-        with open_input(path) as f:
-            yield from read_documents(f, file_index, fmt, params, stats)
-    except (OSError, EOFError, ValueError, zlib.error) as e:
-        # Corrupt compressed data raises one of these mid-stream: documents already
-        # yielded are kept, the rest of the file is lost and counted.
-        opened = stats["documents_read"] > 0 or stats["line_invalid_utf8"] > 0
-        stats["file_corrupt" if opened or path.lower().endswith(COMPRESSED) else "file_unreadable"] += 1
-        stats["errors"] += 1
-        log.warning("input %s: %s: %s (counted, job continues)", path, type(e).__name__, e)
 
 
 def open_input(path: str) -> BinaryIO:
@@ -121,23 +88,6 @@ def document_id(file_index: int, offset: int) -> int:
 def document_source(doc_id: int) -> tuple[int, int]:
     """(file index, byte offset) of a document id."""
     return doc_id >> OFFSET_BITS, doc_id & (MAX_OFFSET - 1)
-
-
-def file_format(path: str, params: ReadParams) -> str:
-    """``params.input_format``, or for "auto" the format the extension names (text otherwise)."""
-    if params.input_format != "auto":
-        return params.input_format
-    name = path.lower()
-    for ext in COMPRESSED:
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-    if name.endswith((".jsonl", ".ndjson", ".json")):
-        return "jsonl"
-    if name.endswith((".parquet", ".pq")):
-        return "parquet"
-    if name.endswith(".xml"):
-        return "mediawiki"
-    return "text"
 
 
 def iter_lines(
@@ -247,7 +197,8 @@ def read_documents(
     if fmt == "jsonl":
         yield from _jsonl_documents(peek, file_index, params, stats)
     elif fmt == "mediawiki":
-        from preprocess.mediawiki import dump_documents  # mwparserfromhell: imported where dumps are read
+        # mwparserfromhell: imported where dumps are read
+        from preprocess.mediawiki import dump_documents
 
         for page_id, lines in dump_documents(peek, stats):
             yield from _emit(file_index, page_id, lines, stats)
@@ -293,59 +244,14 @@ def _jsonl_documents(stream, file_index: int, params: ReadParams, stats: Counter
             raw = raw[3:]
         text = _json_text(raw, params.text_field, stats)
         if text is not None:
-            yield from _text_document(file_index, offset, text, stats)
+            yield from text_document(file_index, offset, text, stats)
 
 
-def _text_document(file_index: int, place: int, text: str, stats: Counter) -> Iterator[Document]:
+def text_document(file_index: int, place: int, text: str, stats: Counter) -> Iterator[Document]:
     """A document whose text is one string (a JSON field, a Parquet cell): its non-blank lines."""
     lines = [s.strip() for s in text.splitlines() if s.strip()]
     if lines:
         yield from _emit(file_index, place, lines, stats)
-
-
-def _parquet_documents(path: str, file_index: int, params: ReadParams, stats: Counter) -> Iterator[Document]:
-    """One document per row of the text column, read a row group at a time; the id's place is the row."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    field = params.text_field
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        try:
-            pf = pq.ParquetFile(f)
-        except (pa.ArrowInvalid, OSError) as e:
-            if f.seek(0, 2) == 0:
-                stats["file_empty"] += 1
-                return
-            stats["file_not_parquet"] += 1
-            log.warning("input %s: not a Parquet file (%s); skipped, job continues", path, e)
-            return
-        names = pf.schema_arrow.names
-        if field not in names:
-            stats["parquet_missing_column"] += 1
-            log.warning("input %s: no column %r (it has %s); give the text's column with --text-field; "
-                        "file skipped, job continues", path, field, ", ".join(map(repr, names)))
-            return
-        kind = pf.schema_arrow.field(field).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
-            stats["parquet_column_not_text"] += 1
-            log.warning("input %s: column %r holds %s, not text; file skipped, job continues", path, field, kind)
-            return
-        row = 0
-        for group in range(pf.num_row_groups):
-            try:
-                column = pf.read_row_group(group, columns=[field], use_threads=False).column(0)
-            except (pa.ArrowException, OSError) as e:  # a damaged row group: the rows before it are kept
-                raise ValueError(f"row group {group} (from row {row}) is damaged: {e}") from None
-            for chunk in column.chunks:
-                for start in range(0, len(chunk), PARQUET_ROWS_PER_BATCH):
-                    for text in chunk.slice(start, PARQUET_ROWS_PER_BATCH).to_pylist():
-                        if text is None:
-                            stats["parquet_null_text"] += 1
-                        else:
-                            yield from _text_document(file_index, row, text, stats)
-                        row += 1
 
 
 def _json_text(raw: bytes, field: str, stats: Counter) -> str | None:

@@ -21,6 +21,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from preprocess.config import ConfigError, PreprocessConfig
 from preprocess.documents import MAX_FILES
+from preprocess.input_parts import InputPart, plan_parts
+from preprocess.inputs import file_format
 from preprocess.manifest import MANIFEST_NAME
 from preprocess.pipeline import build_pipeline
 from preprocess.progress import PROGRESS_DIR_VARIABLE, JobMonitor
@@ -46,23 +48,28 @@ log = logging.getLogger("preprocess")
 
 def expand_inputs(patterns: tuple[str, ...]) -> list[str]:
     """Sorted, de-duplicated files matching the patterns; an unmatched pattern is an error."""
-    files: set[str] = set()
+    return list(match_inputs(patterns))
+
+
+def match_inputs(patterns: tuple[str, ...]) -> dict[str, int]:
+    """:func:`expand_inputs`' files with their sizes in bytes, in the files' order."""
+    files: dict[str, int] = {}
     for pattern in patterns:
         try:
             matched = FileSystems.match([pattern])[0].metadata_list
         except Exception as e:  # noqa: BLE001 - Beam raises BeamIOError for a missing literal path
             raise ConfigError(f"--input {pattern}: {e}") from e
-        paths = [m.path for m in matched if not m.path.endswith("/")]
-        folders = [p for p in paths if _is_local(p) and os.path.isdir(p)]
+        found = {m.path: m.size_in_bytes for m in matched if not m.path.endswith("/")}
+        folders = [p for p in found if _is_local(p) and os.path.isdir(p)]
         if folders:
             raise ConfigError(f"--input {pattern}: {folders[0]} is a directory; give files or a glob, "
                               f"e.g. --input '{folders[0].rstrip('/')}/**/*.txt'")
-        if not paths:
+        if not found:
             raise ConfigError(f"--input {pattern}: no files match")
-        files.update(paths)
+        files.update(found)
     if len(files) > MAX_FILES:
         raise ConfigError(f"--input: {len(files)} files; at most {MAX_FILES} are supported (merge small files)")
-    return sorted(files)
+    return dict(sorted(files.items()))
 
 
 def _is_local(path: str) -> bool:
@@ -97,11 +104,11 @@ def prepare_output(output: str) -> None:
             FileSystems.delete(stale)
 
 
-def job_pipeline(cfg: PreprocessConfig, files: list[str], vocab: VocabInfo, opts: PipelineOptions,
+def job_pipeline(cfg: PreprocessConfig, parts: list[str] | list[InputPart], vocab: VocabInfo, opts: PipelineOptions,
                  runner: object | None = None, tokenizer_threads: int | None = None) -> beam.Pipeline:
     """The job's pipeline, built and not yet run (``runner``: an explicit local runner, else Beam's choice)."""
     p = beam.Pipeline(runner=runner, options=opts) if runner else beam.Pipeline(options=opts)
-    build_pipeline(p, cfg, files, vocab, tokenizer_threads)
+    build_pipeline(p, cfg, parts, vocab, tokenizer_threads)
     return p
 
 
@@ -109,30 +116,33 @@ def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
     """Run the job to completion and return the manifest."""
     spec = TokenizerSpec(cfg.vocab, cfg.lower_case)
     vocab = vocab_info(build_tokenizer(spec), spec)  # fails here, before any work, on a bad vocab
-    files = expand_inputs(cfg.inputs)
+    sizes = match_inputs(cfg.inputs)
+    files = list(sizes)
+    parts = plan_parts(sizes, {f: file_format(f, cfg.read_params) for f in files}, cfg.input_part_bytes)
     opts, runner = pipeline_options(beam_args)
     prepare_output(cfg.output)
     save_vocab_copy(spec, cfg.output)
-    log.info("preprocessing %d input files into %s", len(files), cfg.output)
+    log.info("preprocessing %d input files%s into %s", len(files),
+             f" (read in {len(parts)} parts)" if len(parts) > len(files) else "", cfg.output)
     if is_dask(opts):  # a distributed runner shows progress in its own console (Dask: its dashboard)
-        with dask_cluster(opts, len(files)):
-            run_on_dask(job_pipeline(cfg, files, vocab, opts))
+        with dask_cluster(opts, len(parts)):
+            run_on_dask(job_pipeline(cfg, parts, vocab, opts))
     elif runner is None:
-        job_pipeline(cfg, files, vocab, opts).run().wait_until_finish()
+        job_pipeline(cfg, parts, vocab, opts).run().wait_until_finish()
     else:
-        p = job_pipeline(cfg, files, vocab, opts, runner, local_tokenizer_threads(opts))
-        with local_progress(len(files), cfg.num_shards + cfg.validation_shards):
+        p = job_pipeline(cfg, parts, vocab, opts, runner, local_tokenizer_threads(opts))
+        with local_progress(len(parts), cfg.num_shards + cfg.validation_shards, len(parts) > len(files)):
             p.run().wait_until_finish()
     with FileSystems.open(FileSystems.join(cfg.output, MANIFEST_NAME)) as f:
         return json.loads(f.read())
 
 
 @contextlib.contextmanager
-def local_progress(files: int, shards: int) -> Iterator[None]:
+def local_progress(files: int, shards: int, parts: bool = False) -> Iterator[None]:
     """Progress of a local run, from its worker processes' counters (see :mod:`preprocess.progress`)."""
     directory = tempfile.mkdtemp(prefix="preprocess-progress-")
     os.environ[PROGRESS_DIR_VARIABLE] = directory  # inherited by the local worker processes
-    monitor = JobMonitor(directory, files, shards)
+    monitor = JobMonitor(directory, files, shards, unit="file parts" if parts else "files")
     monitor.start()
     try:
         yield

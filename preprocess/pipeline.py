@@ -37,6 +37,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from preprocess.config import PreprocessConfig
+from preprocess.input_parts import InputPart
 from preprocess.shards import FORMAT_NAME, FORMAT_VERSION, PARTS_DIR, RowSpec
 from preprocess.stages.counting import STATS, SumStats
 from preprocess.stages.mask import MaskInstances
@@ -48,9 +49,15 @@ from preprocess.tokenization import TokenizerSpec, VocabInfo
 
 
 def build_pipeline(
-    p: beam.Pipeline, cfg: PreprocessConfig, files: list[str], vocab: VocabInfo, tokenizer_threads: int | None = None
+    p: beam.Pipeline,
+    cfg: PreprocessConfig,
+    inputs: list[str] | list[InputPart],
+    vocab: VocabInfo,
+    tokenizer_threads: int | None = None,
 ) -> None:
     """Add the whole job to ``p``; the manifest is written after every shard.
+
+    ``inputs``: the files, or the parts they are read in (:func:`~preprocess.input_parts.plan_parts`).
 
     ``tokenizer_threads``: threads per worker process for tokenization (None: the
     library's default, all cores), for local runs with several worker processes.
@@ -80,7 +87,9 @@ def build_pipeline(
     if cfg.validation_fraction > 0:
         shard_counts["validation"] = cfg.validation_shards
 
-    read = p | "ListFiles" >> beam.Create(list(enumerate(files))) | "Read" >> ReadCorpus(cfg.read_params)
+    parts = [x if isinstance(x, InputPart) else InputPart(i, x) for i, x in enumerate(inputs)]
+    files = list(dict.fromkeys(part.path for part in parts))
+    read = p | "ListFiles" >> beam.Create([tuple(part) for part in parts]) | "Read" >> ReadCorpus(cfg.read_params)
     sentences = read["documents"] | "Split" >> SplitSentences(cfg.language)
     tokenized = sentences | "Tokenize" >> TokenizeDocuments(
         spec, cfg.max_seq_length, vocab.token_dtype.name, tokenizer_threads, cfg.validation_fraction

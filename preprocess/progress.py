@@ -135,10 +135,12 @@ def read_counters(directory: str) -> Counter:
 class JobMonitor(threading.Thread):
     """Polls the workers' counters once a second and shows files read, MB/s, documents, pairs, shards."""
 
-    def __init__(self, directory: str, files: int, shards: int, every: float = 30.0, stream: IO[str] | None = None):
+    def __init__(self, directory: str, files: int, shards: int, every: float = 30.0, stream: IO[str] | None = None,
+                 unit: str = "files"):
+        """``files``: the inputs read whole or in parts, ``unit`` says which."""
         super().__init__(daemon=True)
         self.directory, self.shards = directory, shards
-        self.progress = Progress(files, "preprocess", "files", stream=stream, every=every)
+        self.progress = Progress(files, "preprocess", unit, stream=stream, every=every)
         self.stopped = threading.Event()
         self.start_time = time.monotonic()
 

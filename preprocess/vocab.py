@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from tokenizers import Tokenizer
 
 from preprocess.cli import parser
-from preprocess.documents import FORMATS, ReadParams, read_file
+from preprocess.documents import ReadParams
+from preprocess.inputs import FORMATS, read_file
 from preprocess.tokenization import SPECIAL_TOKENS, wordpiece_tokenizer
 from preprocess.word_counts import count_words
 from preprocess.wordpiece import learn_wordpiece

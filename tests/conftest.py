@@ -62,7 +62,7 @@ def wiki_corpus(tmp_path_factory, corpus_docs) -> Path:
     d = tmp_path_factory.mktemp("wiki")
     pages = wiki_pages(plain_documents(corpus_docs))
     half = len(pages) // 2
-    write_dump(d / "wiki-pages-articles-multistream1.xml.bz2", pages[:half], streams_of=100)
+    write_dump(d / "wiki-pages-articles-multistream1.xml.bz2", pages[:half], streams_of=20)
     write_dump(d / "wiki-pages-articles-multistream2.xml", pages[half:])
     return d
 

@@ -1,6 +1,6 @@
-"""Stage 1, read and segment: (file index, path) -> batches of documents -> of (doc_id, sentences).
+"""Stage 1, read and segment: input parts (file index, path, start, stop) -> batches of documents -> of (doc_id, sentences).
 
-:func:`~preprocess.documents.read_file` reads one input file into documents, counting what it
+:func:`~preprocess.inputs.read_file` reads one input file into documents, counting what it
 skips; a file that breaks mid-stream keeps the documents read before the fault. Documents leave in
 batches of up to :data:`DOCUMENTS_PER_BATCH` of one file, the unit the tokenizer encodes
 at once (batched here, in ``process``, rather than by ``BatchElements``, whose last batch
@@ -14,7 +14,8 @@ from collections import Counter
 import apache_beam as beam
 
 from preprocess import progress
-from preprocess.documents import Document, ReadParams, read_file
+from preprocess.documents import Document, ReadParams
+from preprocess.inputs import read_file
 from preprocess.sentences import split_sentences
 from preprocess.stages.counting import NAMESPACE, STATS, ByTag, count
 
@@ -26,11 +27,12 @@ class _ReadFileFn(beam.DoFn):
     def __init__(self, params: ReadParams):
         self.params = params
 
-    def process(self, item: tuple[int, str]):
+    def process(self, item: tuple[int, str, int, int | None]):  # an InputPart
+        file_index, path, start, stop = item
         stats: Counter = Counter()
         batch: list[Document] = []
         text = 0
-        for doc in read_file(*item, self.params, stats):
+        for doc in read_file(file_index, path, self.params, stats, start, stop):
             batch.append(doc)
             text += sum(len(line) for line in doc.lines)
             if len(batch) == DOCUMENTS_PER_BATCH:  # large files report as they go
@@ -48,7 +50,7 @@ class _ReadFileFn(beam.DoFn):
 
 
 class ReadCorpus(beam.PTransform):
-    """(file index, path) -> ``documents`` (lists of Document) and ``stats``."""
+    """(file index, path, start, stop) of each input part -> ``documents`` (lists of Document) and ``stats``."""
 
     def __init__(self, params: ReadParams):
         super().__init__()

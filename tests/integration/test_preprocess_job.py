@@ -98,14 +98,16 @@ def nsp_contract(out: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "mediawiki"])
-def test_parquet_and_wikipedia_dumps_give_identical_bytes_for_1_and_2_workers(fmt, parquet_corpus, wiki_corpus,
-                                                                               corpus_docs, vocab_file, tmp_path):
+def test_parquet_and_wikipedia_dumps_give_identical_bytes_for_1_and_2_workers_and_any_part_size(
+        fmt, parquet_corpus, wiki_corpus, corpus_docs, vocab_file, tmp_path, capsys):
     from tests.wiki_dump import plain_documents
 
     corpus = parquet_corpus if fmt == "parquet" else wiki_corpus
     args = ("--max-seq-length", "96", "--dupe-factor", "2", "--num-shards", "3", "--validation-fraction", "0.05")
     one = run_job([str(corpus / "*")], tmp_path / "one", vocab_file, *args, workers=1)
-    run_job([str(corpus / "*")], tmp_path / "two", vocab_file, *args, workers=2)
+    # two workers, and every file read in parts of 16 KB (row groups, bz2 streams, pages) by both
+    run_job([str(corpus / "*")], tmp_path / "two", vocab_file, *args, "--input-part-bytes", "16384", workers=2)
+    assert "file parts" in capsys.readouterr().err
     a, b = files_of(tmp_path / "one"), files_of(tmp_path / "two")
     assert a.keys() == b.keys() and len(a) == 3 + 1 + 2 and all(a[k] == b[k] for k in a)
     docs = one["documents"]

@@ -2,7 +2,8 @@ from collections import Counter
 
 import pytest
 
-from preprocess.documents import Document, ReadParams, document_id, read_file
+from preprocess.documents import Document, ReadParams, document_id
+from preprocess.inputs import read_file
 from preprocess.mediawiki import dump_documents, paragraphs
 from tests.wiki_dump import dump_xml, write_dump
 

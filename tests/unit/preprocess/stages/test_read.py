@@ -16,7 +16,7 @@ def test_read_corpus_reads_text_and_gzip_and_counts_bad_files(tmp_path):
         f.write("Zipped doc.\n")
     (tmp_path / "c.bin").write_bytes(b"\x00\x01\x02" * 100)
     (tmp_path / "d.txt.gz").write_bytes(gzip.compress(b"Before the cut.\n\n" + b"x" * 5000)[:40])
-    files = [(i, str(tmp_path / n)) for i, n in enumerate(["a.txt", "b.txt.gz", "c.bin", "d.txt.gz"])]
+    files = [(i, str(tmp_path / n), 0, None) for i, n in enumerate(["a.txt", "b.txt.gz", "c.bin", "d.txt.gz"])]
     with TestPipeline() as p:
         out = p | beam.Create(files) | ReadCorpus(ReadParams())
         docs, stats = out["documents"] | beam.FlatMap(lambda batch: batch), out["stats"]
@@ -44,6 +44,6 @@ def test_documents_leave_in_batches_of_one_file(tmp_path):
     from preprocess.stages.read import DOCUMENTS_PER_BATCH, _ReadFileFn
 
     (tmp_path / "a.txt").write_text("".join(f"Document {i}.\n\n" for i in range(DOCUMENTS_PER_BATCH + 3)))
-    out = list(_ReadFileFn(ReadParams()).process((0, str(tmp_path / "a.txt"))))
+    out = list(_ReadFileFn(ReadParams()).process((0, str(tmp_path / "a.txt"), 0, None)))
     assert [(tag, len(v) if tag == "documents" else v[0]) for tag, v in out] == [
         ("documents", DOCUMENTS_PER_BATCH), ("documents", 3), ("stats", "documents")]

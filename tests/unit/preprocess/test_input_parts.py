@@ -1,0 +1,79 @@
+import bz2
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from preprocess.documents import ReadParams
+from preprocess.input_parts import InputPart, plan_parts
+from preprocess.inputs import read_file
+from tests.wiki_dump import dump_xml, write_dump
+
+PAGES = [{"page_id": 3 * i + 1, "title": f"Page {i}", "text": f"'''Page {i}''' is [[article]] number {i}.\n\n"
+          f"A second paragraph of page {i}.<ref>note</ref>", **({"ns": 1} if i % 9 == 4 else {})}
+         for i in range(400)]
+
+
+def read_in_parts(path, part_bytes):
+    """Documents and counts of a file read part by part, as the job's workers read it."""
+    fmt = "parquet" if str(path).endswith(".parquet") else "mediawiki"
+    parts = plan_parts({str(path): path.stat().st_size}, {str(path): fmt}, part_bytes)
+    stats, docs = Counter(), []
+    for part in parts:
+        docs += read_file(part.file_index, part.path, ReadParams(), stats, part.start, part.stop)
+    return docs, stats, parts
+
+
+def whole(path):
+    stats = Counter()
+    return list(read_file(0, str(path), ReadParams(), stats)), stats
+
+
+def test_only_large_parquet_files_and_dumps_are_cut_and_the_parts_cover_them():
+    sizes = {"a.parquet": 10_000, "b.xml.bz2": 2_500, "c.txt": 50_000, "d.xml": 999, "e.jsonl.gz": 9_000}
+    formats = {"a.parquet": "parquet", "b.xml.bz2": "mediawiki", "c.txt": "text", "d.xml": "mediawiki",
+               "e.jsonl.gz": "jsonl"}
+    parts = plan_parts(sizes, formats, part_bytes=1000)
+    assert [p for p in parts if p.path != "a.parquet"] == [
+        InputPart(1, "b.xml.bz2", 0, 833), InputPart(1, "b.xml.bz2", 833, 1666), InputPart(1, "b.xml.bz2", 1666, None),
+        InputPart(2, "c.txt"), InputPart(3, "d.xml"), InputPart(4, "e.jsonl.gz")]
+    a = [p for p in parts if p.path == "a.parquet"]
+    assert len(a) == 10 and a[0].start == 0 and a[-1].stop is None
+    assert all(x.stop == y.start for x, y in zip(a, a[1:]))
+
+
+@pytest.mark.parametrize("pieces", [40, 3])
+@pytest.mark.parametrize("layout", ["multistream.xml.bz2", "plain.xml", "one-stream.xml.bz2", "cut-streams.xml.bz2"])
+def test_a_dump_read_in_parts_gives_the_documents_of_the_whole(tmp_path, layout, pieces):
+    path = tmp_path / layout
+    if layout == "cut-streams.xml.bz2":  # streams that start mid-page (as pbzip2 writes): never a boundary
+        xml = dump_xml(PAGES).encode()
+        path.write_bytes(b"".join(bz2.compress(xml[i : i + 3000]) for i in range(0, len(xml), 3000)))
+    else:
+        write_dump(path, PAGES, streams_of=10 if layout.startswith("multi") else 0)
+    docs, stats, parts = read_in_parts(path, -(-path.stat().st_size // pieces))
+    expected, expected_stats = whole(path)
+    assert len(expected) == 400 - 44 and docs == expected and stats == expected_stats
+    assert len(parts) == pieces
+    if layout.startswith(("multi", "plain")):  # parts hold pages: the work is shared
+        per_part = [len(list(read_file(0, p.path, ReadParams(), Counter(), p.start, p.stop))) for p in parts]
+        assert sum(n > 0 for n in per_part) >= (3 if pieces == 3 else 20)
+
+
+def test_a_parquet_file_read_in_parts_gives_the_documents_of_the_whole(tmp_path):
+    texts = [f"Document {i}.\nIts second line." if i % 50 else None for i in range(3000)]
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"text": pa.array(texts, pa.string())}), path, row_group_size=100)
+    expected, expected_stats = whole(path)
+    for part_bytes in (2_000, 10_000, 1 << 30):
+        docs, stats, parts = read_in_parts(path, part_bytes)
+        assert docs == expected and stats == expected_stats
+    assert len(parts) == 1 and len(read_in_parts(path, 2_000)[2]) > 10
+
+
+def test_a_bad_file_read_in_parts_is_counted_once(tmp_path):
+    path = tmp_path / "fake.parquet"
+    path.write_bytes(b"not parquet at all " * 500)
+    docs, stats, parts = read_in_parts(path, 1000)
+    assert len(parts) == 10 and docs == [] and stats == Counter({"files": 1, "file_not_parquet": 1})
