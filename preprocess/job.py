@@ -47,7 +47,13 @@ log = logging.getLogger("preprocess")
 
 
 def expand_inputs(patterns: tuple[str, ...]) -> list[str]:
-    """Sorted, de-duplicated files matching the patterns; an unmatched pattern is an error."""
+    """Sorted, de-duplicated files matching the patterns; an unmatched pattern is an error.
+
+    A directory is a Parquet dataset: the Parquet files under it, at any depth, less those
+    whose name or folder starts with ``.`` or ``_`` (as Arrow's and Spark's datasets have
+    it: ``_SUCCESS``, ``.git``); a README beside them is not read. A directory without
+    Parquet files is refused: give a glob.
+    """
     return list(match_inputs(patterns))
 
 
@@ -55,6 +61,9 @@ def match_inputs(patterns: tuple[str, ...]) -> dict[str, int]:
     """:func:`expand_inputs`' files with their sizes in bytes, in the files' order."""
     files: dict[str, int] = {}
     for pattern in patterns:
+        if pattern.endswith("/") or (_is_local(pattern) and os.path.isdir(pattern)):
+            files.update(_parquet_dataset(pattern))
+            continue
         try:
             matched = FileSystems.match([pattern])[0].metadata_list
         except Exception as e:  # noqa: BLE001 - Beam raises BeamIOError for a missing literal path
@@ -70,6 +79,21 @@ def match_inputs(patterns: tuple[str, ...]) -> dict[str, int]:
     if len(files) > MAX_FILES:
         raise ConfigError(f"--input: {len(files)} files; at most {MAX_FILES} are supported (merge small files)")
     return dict(sorted(files.items()))
+
+
+def _parquet_dataset(directory: str) -> dict[str, int]:
+    root = directory.rstrip("/")
+    try:
+        matched = FileSystems.match([root + "/**"])[0].metadata_list
+    except Exception as e:  # noqa: BLE001 - as above
+        raise ConfigError(f"--input {directory}: {e}") from e
+    found = {m.path: m.size_in_bytes for m in matched
+             if m.path.lower().endswith((".parquet", ".pq"))
+             and not any(part.startswith((".", "_")) for part in m.path[len(root):].split("/") if part)}
+    if not found:
+        raise ConfigError(f"--input {directory}: is a directory without Parquet files; give files or a glob, "
+                          f"e.g. --input '{root}/**/*.txt'")
+    return found
 
 
 def _is_local(path: str) -> bool:

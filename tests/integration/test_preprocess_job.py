@@ -102,11 +102,12 @@ def test_parquet_and_wikipedia_dumps_give_identical_bytes_for_1_and_2_workers_an
         fmt, parquet_corpus, wiki_corpus, corpus_docs, vocab_file, tmp_path, capsys):
     from tests.wiki_dump import plain_documents
 
-    corpus = parquet_corpus if fmt == "parquet" else wiki_corpus
+    # a Parquet dataset given as its directory, the dumps as a glob
+    inputs = [str(parquet_corpus)] if fmt == "parquet" else [str(wiki_corpus / "*")]
     args = ("--max-seq-length", "96", "--dupe-factor", "2", "--num-shards", "3", "--validation-fraction", "0.05")
-    one = run_job([str(corpus / "*")], tmp_path / "one", vocab_file, *args, workers=1)
+    one = run_job(inputs, tmp_path / "one", vocab_file, *args, workers=1)
     # two workers, and every file read in parts of 16 KB (row groups, bz2 streams, pages) by both
-    run_job([str(corpus / "*")], tmp_path / "two", vocab_file, *args, "--input-part-bytes", "16384", workers=2)
+    run_job(inputs, tmp_path / "two", vocab_file, *args, "--input-part-bytes", "16384", workers=2)
     assert "file parts" in capsys.readouterr().err
     a, b = files_of(tmp_path / "one"), files_of(tmp_path / "two")
     assert a.keys() == b.keys() and len(a) == 3 + 1 + 2 and all(a[k] == b[k] for k in a)

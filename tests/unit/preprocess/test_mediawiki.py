@@ -155,3 +155,11 @@ def test_memory_does_not_grow_with_the_dump(monkeypatch):
 
     small, large = most_held(300), most_held(3000)
     assert small < 300 and large <= small + 2
+
+
+def test_markup_the_parser_gives_up_on_loses_that_page_only(tmp_path):
+    pages = [{"page_id": 1, "title": "Deep", "text": "{{" * 5000 + "x" + "}}" * 5000},
+             {"page_id": 2, "title": "Fine", "text": "A fine article."}]
+    stats = Counter()
+    docs = list(read_file(0, str(write_dump(tmp_path / "d.xml", pages)), ReadParams(), stats))
+    assert docs == [Document(2, ["A fine article."])] and stats["wiki_unparsable"] == 1
