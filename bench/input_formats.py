@@ -142,7 +142,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=ROOT / ".bench-cache")
     ap.add_argument("--work", type=Path, help="where the inputs are written (default: a temporary directory)")
-    ap.add_argument("--sizes", default="100,1000", help="MB of document text of the growing inputs")
+    ap.add_argument("--sizes", default="100,1000", help="MB of document text of the growing inputs (\"\": none)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-formats-"))
     docs = documents(args.cache)
@@ -167,7 +167,7 @@ def main() -> None:
 
     print("\n| format | text MB | input MB | reading s | MB/s of text | peak MB of the reading process |"
           "\n|---|---|---|---|---|---|", flush=True)
-    for mb in [float(x) for x in args.sizes.split(",")]:
+    for mb in [float(x) for x in args.sizes.split(",") if x]:
         big = copies(docs, mb)
         for fmt in ("parquet", "mediawiki"):
             paths = write_format(fmt, big, work / f"{fmt}-{mb:.0f}", files=1)
