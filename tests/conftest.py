@@ -14,6 +14,11 @@ import pytest
 
 from preprocess.example import stdlib_documents, write_corpus
 
+# One thread of torch's (OpenMP's) pool per process: pytest-xdist already runs one test per core, and
+# each test's processes (ranks, launchers, Slurm jobs, the demo) inherit this. Threads on top
+# oversubscribe the cores and spin against each other (the demo test took 110 s instead of 78 s).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def corpus_docs() -> list[list[str]]:

@@ -158,12 +158,14 @@ def job(env, job_id: str) -> dict[str, str]:
     return dict(f.split("=", 1) for f in out.split() if "=" in f)
 
 
-def wait_for(env, job_id: str, states=("COMPLETED",), timeout=360) -> dict[str, str]:
+def wait_for(env, job_id: str, states=("COMPLETED",), timeout=360, until=None) -> dict[str, str]:
+    """The job's fields once it is in one of ``states`` (or ``until()`` is true), releasing a requeued
+    job that Slurm holds; a failed job or the timeout is an error with its log."""
     deadline = time.time() + timeout
     held_since = None
     while time.time() < deadline:
         info = job(env, job_id)
-        if info.get("JobState") in states:
+        if info.get("JobState") in states or (until is not None and until()):
             return info
         if info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime":
             # Slurm holds a requeued job ~2 minutes before it is eligible again (until the old
@@ -197,7 +199,7 @@ def wait_for_steps(run_dir: Path, n: int, timeout=300) -> None:
     raise AssertionError(f"{metrics}: fewer than {n} records after {timeout} s")
 
 
-STEPS = 80  # the jobs are interrupted after step 30 (3 log records); the stop signal is agreed on every 10 steps
+STEPS = 100  # interrupted after step 30 (3 log records) and again later; the stop signal is agreed every 10 steps
 
 
 def pretrain_args(dataset, steps=STEPS):
@@ -212,12 +214,21 @@ def submit_pretrain(slurm, dataset, run_dir: Path, *extra) -> str:
                   PYTHON=sys.executable, PYTHONPATH=str(ROOT))
 
 
-def test_preempted_pretraining_job_resumes_from_its_checkpoint_on_fewer_nodes_and_finishes(slurm, dataset, tmp_path):
+def test_a_job_requeues_itself_at_its_time_limit_then_preempted_resumes_on_fewer_nodes_and_finishes(
+        slurm, dataset, tmp_path):
+    """One job, interrupted twice: the time limit's signal (it checkpoints and requeues itself), then a
+    preemption that brings it back on half its nodes (ZeRO-2, 2 ranks -> 1)."""
     run = tmp_path / "run"
     job_id = submit_pretrain(slurm, dataset, run)
     wait_for_steps(run, 3)
+    subprocess.run(["scancel", "--signal=USR1", job_id], env=slurm, check=True)  # what --signal=USR1@300 sends
+    # back on its 2 nodes, resumed, and a step past its checkpoint
+    wait_for(slurm, job_id, states=(), until=lambda: "resumed from step" in log_of(job_id)
+             and "(restart 1): 2 tasks on nodeA,nodeB" in log_of(job_id))
+    first = int(log_of(job_id).split("signal 10: checkpointed at step ")[1].split(",")[0])
+    wait_for_steps(run, first // 10 + 1)
     # what preemption does (requeue), held so that the pending job can be shrunk before it restarts: the
-    # cluster has room for half of it now, and it comes back on one node (ZeRO-2, 2 ranks -> 1)
+    # cluster has room for half of it now, and it comes back on one node
     subprocess.run(["scontrol", "requeuehold", job_id], env=slurm, check=True)
     deadline = time.time() + 120
     while job(slurm, job_id).get("JobState") != "PENDING" and time.time() < deadline:  # the old run ends
@@ -226,25 +237,17 @@ def test_preempted_pretraining_job_resumes_from_its_checkpoint_on_fewer_nodes_an
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "NumNodes=1", "NumTasks=1"], env=slurm, check=True)
     subprocess.run(["scontrol", "release", job_id], env=slurm, check=True)
     info = wait_for(slurm, job_id)
-    assert info["Restarts"] == "1"
+    assert info["Restarts"] == "2"
     log = log_of(job_id)
-    assert "2 tasks on nodeA,nodeB" in log and "(restart 1): 1 tasks on node" in log
-    stopped = int(log.split("checkpointed at step ")[1].split(",")[0])
+    assert "2 tasks on nodeA,nodeB" in log and "(restart 2): 1 tasks on node" in log
+    assert "signal 10: checkpointed at step" in log and "requeueing job" in log
+    assert f"resumed from step {first}" in log
+    stopped = int(log.rsplit("checkpointed at step ", 1)[1].split(",")[0])
+    assert stopped > first
     assert (f"step_{stopped:08d} was written by 2 ranks at ZeRO-2; this run is 1 rank at ZeRO-2: converting it to "
             "DeepSpeed's universal format") in log
     assert f"resumed from step {stopped}" in log and f"finished at step {STEPS}" in log
     assert RunDir(run).finished()["step"] == STEPS
-
-
-def test_time_limit_signal_checkpoints_and_the_job_requeues_itself(slurm, dataset, tmp_path):
-    run = tmp_path / "run"
-    job_id = submit_pretrain(slurm, dataset, run)
-    wait_for_steps(run, 3)
-    subprocess.run(["scancel", "--signal=USR1", job_id], env=slurm, check=True)  # what --signal=USR1@300 sends
-    info = wait_for(slurm, job_id)
-    log = log_of(job_id)
-    assert "signal 10: checkpointed at step" in log and "requeueing job" in log
-    assert info["Restarts"] == "1" and f"finished at step {STEPS}" in log
 
 
 def test_preprocessing_batch_job(slurm, corpus_dir, vocab_file, tmp_path):

@@ -212,25 +212,6 @@ def test_the_training_step_asks_the_host_for_nothing(dataset, tmp_path, optimize
     assert result["per_step"].get("deepspeed", 0) <= 6, result["sites"]
 
 
-def test_sigterm_checkpoints_and_the_run_resumes(dataset, tmp_path):
-    run = tmp_path / "run"
-    proc = subprocess.Popen(command(dataset, run, "optim.total_steps=5000", "checkpoint.every_steps=1000"),
-                            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = run / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
-    marker = sorted((run / "checkpoints").glob("step_*/COMPLETE"))
-    assert len(marker) == 1
-    stopped = json.loads(marker[0].read_text())["step"]
-    assert 3 <= stopped < 5000 and f"checkpointed at step {stopped}" in err
-    train(dataset, run, "optim.total_steps=5000", f"stop_at_step={stopped + 2}")
-    assert max(losses(run)) == stopped + 2
-
-
 def logged_steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in map(json.loads, open(run_dir / "metrics.jsonl")) if "loss" in r]
 
@@ -308,26 +289,42 @@ def wandb_history(run_dir: Path) -> dict[str, dict[int, dict]]:
     return out
 
 
-def test_metrics_jsonl_and_offline_wandb_hold_the_logged_metrics_across_a_resume(dataset, tmp_path):
+def test_sigterm_checkpoints_and_the_run_resumes_with_its_metrics_and_offline_wandb_whole(dataset, tmp_path):
     run = tmp_path / "run"
-    common = ("optim.total_steps=4", "logging.every_steps=2", "eval.every_steps=2", "logging.wandb=offline",
-              "logging.peak_tflops_per_device=1.0")
-    train(dataset, run, *common, "stop_at_step=2")
-    train(dataset, run, *common)
-    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    common = ("optim.total_steps=5000", "checkpoint.every_steps=1000", "logging.every_steps=2", "eval.every_steps=2",
+              "logging.wandb=offline", "logging.peak_tflops_per_device=1.0")
+    proc = subprocess.Popen(command(dataset, run, *common), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    marker = sorted((run / "checkpoints").glob("step_*/COMPLETE"))
+    assert len(marker) == 1
+    stopped = json.loads(marker[0].read_text())["step"]
+    assert 3 <= stopped < 5000 and stopped % 2 == 0 and f"checkpointed at step {stopped}" in err
+    train(dataset, run, *common, f"stop_at_step={stopped + 2}")
+    assert max(losses(run)) == stopped + 2
+    # metrics.jsonl and wandb: every logged step once, across the stop
+    records = [json.loads(line) for line in open(metrics)]
     train_records = {r["step"]: r for r in records if "loss" in r}
     eval_records = {r["step"]: r for r in records if "eval_mlm_loss" in r}
-    assert sorted(train_records) == sorted(eval_records) == [2, 4]
-    assert METRICS <= set(train_records[4]) and EVAL <= set(eval_records[4])
-    assert 0 < train_records[4]["tokens_per_s"] and 0 <= train_records[4]["data_wait_share"] < 1
-    assert 0 < train_records[4]["optimizer_ms"] < 60e3
+    logged = list(range(2, stopped + 3, 2))
+    assert sorted(train_records) == sorted(eval_records) == logged
+    last = logged[-1]
+    assert METRICS <= set(train_records[last]) and EVAL <= set(eval_records[last])
+    assert 0 < train_records[last]["tokens_per_s"] and 0 <= train_records[last]["data_wait_share"] < 1
+    assert 0 < train_records[last]["optimizer_ms"] < 60e3
     history = wandb_history(run)
     assert len(history) == 2  # one offline segment per process ...
     run_id = (run / "wandb_run_id").read_text().strip()
     assert all(name.endswith(run_id) for name in history)  # ... of one wandb run
     steps = {s: v for h in history.values() for s, v in h.items()}
-    assert sorted(steps) == [2, 4]
-    for s in (2, 4):
+    assert sorted(steps) == logged
+    for s in logged:
         assert steps[s]["loss"] == pytest.approx(train_records[s]["loss"], rel=1e-6)
         assert steps[s]["eval_mlm_loss"] == pytest.approx(eval_records[s]["eval_mlm_loss"], rel=1e-6)
 
