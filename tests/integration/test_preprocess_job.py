@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +129,14 @@ def test_parquet_and_wikipedia_dumps_give_identical_bytes_for_1_and_2_workers_an
         assert all(f < 2 and (page - 10) % 2 == 0 and (page - 10) // 2 % 10 != 9 for f, page in sources)
 
 
-def test_dask_runner_on_two_worker_processes_gives_the_local_runners_bytes(corpus_dir, vocab_file, dataset, tmp_path):
+def test_dask_runner_on_two_worker_processes_gives_the_local_runners_bytes_though_a_worker_is_killed(
+        corpus_dir, vocab_file, dataset, tmp_path):
+    """Beam's Dask runner gives the local runner's bytes, even when a worker process dies mid-job (killed
+    once the pairs are being spilled): Dask runs the lost tasks again, and a task run twice writes the
+    same files again, not more files."""
+    import signal
+    import threading
+
     from distributed import Client, LocalCluster
 
     out = tmp_path / "data"
@@ -138,10 +146,26 @@ def test_dask_runner_on_two_worker_processes_gives_the_local_runners_bytes(corpu
         pools = [client.submit(_tokenizer_pool_size, vocab_file, workers=[w], pure=False).result()
                  for w in client.nthreads()]
         assert pools == ["2", "2"]
+        victim = sorted(client.run(os.getpid).values())[0]
+        killed = threading.Event()
+
+        def kill_mid_job():
+            deadline = time.time() + 120
+            while time.time() < deadline and not any((out / ".parts").glob("**/*")):
+                time.sleep(0.02)
+            if not (out / "manifest.json").exists():
+                os.kill(victim, signal.SIGKILL)
+                killed.set()
+
+        killer = threading.Thread(target=kill_mid_job, daemon=True)
+        killer.start()
         # the `dataset` fixture's arguments, which the local runner ran
         run_job([str(corpus_dir / "*.txt")], out, vocab_file, "--max-seq-length", "64", "--dupe-factor", "2",
                 "--num-shards", "4", "--validation-fraction", "0.05", "--runner", "dask",
                 f"--dask_client_address={cluster.scheduler_address}")
+        killer.join(timeout=5)
+        assert killed.is_set()  # mid-job: before the manifest was written
+        assert victim not in client.run(os.getpid).values()  # the nanny started a new worker process
     assert files_of(out) == files_of(dataset)  # every shard, the manifest: byte-identical; no .parts/ left
 
 
