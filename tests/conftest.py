@@ -8,6 +8,8 @@ scripts. The vocabulary is trained on it with our own trainer.
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,27 @@ from preprocess.example import stdlib_documents, write_corpus
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """The directory ``name``, filled by ``build(directory)`` once in this pytest session, whichever
+    pytest-xdist worker asks first; the others wait for it and share it (read it; copy to change it).
+    A fixture's ``scope="session"`` is per worker process: without this, each worker that runs a test
+    needing a trained run or a dataset would make its own."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # shared by this session's workers
+    directory, done = root / "shared" / name, root / "shared" / f"{name}.done"
+    directory.parent.mkdir(exist_ok=True)
+    with FileLock(str(root / "shared" / f"{name}.lock")):
+        if not done.exists():
+            if directory.exists():  # a build that failed in another worker: start again
+                shutil.rmtree(directory)
+            directory.mkdir()
+            build(directory)
+            done.touch()
+    return directory
+
+
 @pytest.fixture(scope="session")
 def corpus_docs() -> list[list[str]]:
     return stdlib_documents()
@@ -27,20 +50,18 @@ def corpus_docs() -> list[list[str]]:
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory, corpus_docs) -> Path:
-    d = tmp_path_factory.mktemp("corpus")
-    write_corpus(d, corpus_docs)
-    return d
+    return built_once(tmp_path_factory, "corpus", lambda d: write_corpus(d, corpus_docs))
 
 
 @pytest.fixture(scope="session")
 def vocab_file(tmp_path_factory, corpus_dir) -> str:
     from preprocess.vocab import train_vocab, write_vocab_txt
 
-    out = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    files = sorted(str(p) for p in corpus_dir.glob("*.txt"))
-    tok, _ = train_vocab(files, vocab_size=3000)
-    write_vocab_txt(tok, str(out))
-    return str(out)
+    def build(d: Path) -> None:
+        tok, _ = train_vocab(sorted(str(p) for p in corpus_dir.glob("*.txt")), vocab_size=3000)
+        write_vocab_txt(tok, str(d / "vocab.txt"))
+
+    return str(built_once(tmp_path_factory, "vocab", build) / "vocab.txt")
 
 
 @pytest.fixture(scope="session")
@@ -87,13 +108,11 @@ def run_job(inputs: list[str], output: Path, vocab: str, *extra: str, workers: i
 def dataset(tmp_path_factory, corpus_dir, vocab_file) -> Path:
     """The real corpus preprocessed once (seq 64, two passes, validation split), shared by tests; in one
     in-process worker, which writes the bytes of any worker count (tested) without starting processes."""
-    out = tmp_path_factory.mktemp("dataset")
-    run_job(
+    return built_once(tmp_path_factory, "dataset", lambda out: run_job(
         [str(corpus_dir / "*.txt")], out, vocab_file,
         "--max-seq-length", "64", "--dupe-factor", "2", "--num-shards", "4",
         "--validation-fraction", "0.05", workers=1,
-    )
-    return out
+    ))
 
 
 def collated(lengths_by_row: list[list[int]], layout) -> dict:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import built_once
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,14 +87,9 @@ def uninterrupted(dataset, tmp_path_factory):
     """The run directory of an uninterrupted run on 1 rank at ZeRO-0 (nothing partitioned, the
     gradient norm measured by the trainer), per optimizer: its losses and gradient norms are those of
     any world size and stage (see the world-size test)."""
-    cache: dict[str, Path] = {}
-
     def get(optimizer: str) -> Path:
-        if optimizer not in cache:
-            run = tmp_path_factory.mktemp(f"straight-{optimizer}")
-            train(dataset, run, *SHAPE_COMMON, f"optim.name={optimizer}", "deepspeed.zero_stage=0")
-            cache[optimizer] = run
-        return cache[optimizer]
+        return built_once(tmp_path_factory, f"straight-{optimizer}", lambda run: train(
+            dataset, run, *SHAPE_COMMON, f"optim.name={optimizer}", "deepspeed.zero_stage=0"))
 
     return get
 
@@ -334,12 +331,13 @@ def phase1(dataset, tmp_path_factory) -> Path:
     """A finished 1-rank ZeRO-0 run (``run``: 30 steps at lr 3e-3, checkpoints at steps 10, 20 and 30)
     trained on the dataset named relative to the training's working directory, and its newest
     checkpoint exported (``export``). Shared: a test that changes either works on a copy."""
-    root = tmp_path_factory.mktemp("phase1")
-    train(os.path.relpath(dataset, ROOT), root / "run", "optim.total_steps=30", "optim.lr=3e-3",
-          "deepspeed.zero_stage=0", "checkpoint.every_steps=10", "checkpoint.keep_last=3")
-    subprocess.run([sys.executable, "-m", "pretrain", "export", str(root / "run"), str(root / "export")],
-                   cwd=ROOT, env=env(), capture_output=True, timeout=300, check=True)
-    return root
+    def build(root: Path) -> None:
+        train(os.path.relpath(dataset, ROOT), root / "run", "optim.total_steps=30", "optim.lr=3e-3",
+              "deepspeed.zero_stage=0", "checkpoint.every_steps=10", "checkpoint.keep_last=3")
+        subprocess.run([sys.executable, "-m", "pretrain", "export", str(root / "run"), str(root / "export")],
+                       cwd=ROOT, env=env(), capture_output=True, timeout=300, check=True)
+
+    return built_once(tmp_path_factory, "phase1", build)
 
 
 def assert_exports_load_in_transformers(run: Path, out: Path, early: int) -> None:
@@ -429,14 +427,9 @@ FAULT = ("optim.total_steps=9", "logging.every_steps=3", "checkpoint.every_steps
 @pytest.fixture(scope="module")
 def told_to_skip(dataset, tmp_path_factory):
     """Runs told from their start to skip step 5 (train.skip_steps), per (ZeRO stage, ranks)."""
-    cache: dict[tuple[int, int], Path] = {}
-
     def get(stage: int, ranks: int) -> Path:
-        if (stage, ranks) not in cache:
-            run = tmp_path_factory.mktemp(f"skip-{stage}-{ranks}")
-            train(dataset, run, *FAULT, f"deepspeed.zero_stage={stage}", "train.skip_steps=[5]", ranks=ranks)
-            cache[stage, ranks] = run
-        return cache[stage, ranks]
+        return built_once(tmp_path_factory, f"skip-{stage}-{ranks}", lambda run: train(
+            dataset, run, *FAULT, f"deepspeed.zero_stage={stage}", "train.skip_steps=[5]", ranks=ranks))
 
     return get
 
