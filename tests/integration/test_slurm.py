@@ -207,10 +207,10 @@ def pretrain_args(dataset, steps=STEPS):
             "checkpoint.every_steps=1000", "logging.wandb=disabled", "eval.every_steps=0", "data.num_workers=0")
 
 
-def submit_pretrain(slurm, dataset, run_dir: Path, *extra) -> str:
-    (ROOT / "logs").mkdir(exist_ok=True)
-    return sbatch(slurm, "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "slurm/pretrain.sbatch",
-                  *pretrain_args(dataset), *extra, CONFIG="configs/tiny-cpu.yaml", RUN_DIR=str(run_dir),
+def submit_pretrain(slurm, dataset, run_dir: Path, log: Path) -> str:
+    """The job, its output in ``log`` (this job's alone: logs/ may hold an earlier cluster's job of the same id)."""
+    return sbatch(slurm, "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", f"--output={log}",
+                  "slurm/pretrain.sbatch", *pretrain_args(dataset), CONFIG="configs/tiny-cpu.yaml", RUN_DIR=str(run_dir),
                   PYTHON=sys.executable, PYTHONPATH=str(ROOT))
 
 
@@ -218,14 +218,14 @@ def test_a_job_requeues_itself_at_its_time_limit_then_preempted_resumes_on_fewer
         slurm, dataset, tmp_path):
     """One job, interrupted twice: the time limit's signal (it checkpoints and requeues itself), then a
     preemption that brings it back on half its nodes (ZeRO-2, 2 ranks -> 1)."""
-    run = tmp_path / "run"
-    job_id = submit_pretrain(slurm, dataset, run)
+    run, out = tmp_path / "run", tmp_path / "job.out"
+    job_id = submit_pretrain(slurm, dataset, run, out)
     wait_for_steps(run, 3)
     subprocess.run(["scancel", "--signal=USR1", job_id], env=slurm, check=True)  # what --signal=USR1@300 sends
     # back on its 2 nodes, resumed, and a step past its checkpoint
-    wait_for(slurm, job_id, states=(), until=lambda: "resumed from step" in log_of(job_id)
-             and "(restart 1): 2 tasks on nodeA,nodeB" in log_of(job_id))
-    first = int(log_of(job_id).split("signal 10: checkpointed at step ")[1].split(",")[0])
+    wait_for(slurm, job_id, states=(), until=lambda: "resumed from step" in out.read_text()
+             and "(restart 1): 2 tasks on nodeA,nodeB" in out.read_text())
+    first = int(out.read_text().split("signal 10: checkpointed at step ")[1].split(",")[0])
     wait_for_steps(run, first // 10 + 1)
     # what preemption does (requeue), held so that the pending job can be shrunk before it restarts: the
     # cluster has room for half of it now, and it comes back on one node
@@ -238,7 +238,7 @@ def test_a_job_requeues_itself_at_its_time_limit_then_preempted_resumes_on_fewer
     subprocess.run(["scontrol", "release", job_id], env=slurm, check=True)
     info = wait_for(slurm, job_id)
     assert info["Restarts"] == "2"
-    log = log_of(job_id)
+    log = out.read_text()
     assert "2 tasks on nodeA,nodeB" in log and "(restart 2): 1 tasks on node" in log
     assert "signal 10: checkpointed at step" in log and "requeueing job" in log
     assert f"resumed from step {first}" in log
