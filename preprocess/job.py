@@ -44,6 +44,7 @@ from preprocess.tokenization import (
 )
 
 log = logging.getLogger("preprocess")
+SKIP_PREFIXES = ("file_", "line_", "json_", "document_", "parquet_", "wiki_")  # the reader's counts by reason
 
 
 def expand_inputs(patterns: tuple[str, ...]) -> list[str]:
@@ -64,11 +65,7 @@ def match_inputs(patterns: tuple[str, ...]) -> dict[str, int]:
         if pattern.endswith("/") or (_is_local(pattern) and os.path.isdir(pattern)):
             files.update(_parquet_dataset(pattern))
             continue
-        try:
-            matched = FileSystems.match([pattern])[0].metadata_list
-        except Exception as e:  # noqa: BLE001 - Beam raises BeamIOError for a missing literal path
-            raise ConfigError(f"--input {pattern}: {e}") from e
-        found = {m.path: m.size_in_bytes for m in matched if not m.path.endswith("/")}
+        found = {path: size for path, size in _match(pattern, pattern).items() if not path.endswith("/")}
         folders = [p for p in found if _is_local(p) and os.path.isdir(p)]
         if folders:
             raise ConfigError(f"--input {pattern}: {folders[0]} is a directory; give files or a glob, "
@@ -81,15 +78,19 @@ def match_inputs(patterns: tuple[str, ...]) -> dict[str, int]:
     return dict(sorted(files.items()))
 
 
+def _match(pattern: str, given: str) -> dict[str, int]:
+    """Size by path of what ``pattern`` matches; Beam's error as the ``--input given`` option's."""
+    try:
+        return {m.path: m.size_in_bytes for m in FileSystems.match([pattern])[0].metadata_list}
+    except Exception as e:  # noqa: BLE001 - Beam raises BeamIOError for a missing literal path
+        raise ConfigError(f"--input {given}: {e}") from e
+
+
 def _parquet_dataset(directory: str) -> dict[str, int]:
     root = directory.rstrip("/")
-    try:
-        matched = FileSystems.match([root + "/**"])[0].metadata_list
-    except Exception as e:  # noqa: BLE001 - as above
-        raise ConfigError(f"--input {directory}: {e}") from e
-    found = {m.path: m.size_in_bytes for m in matched
-             if m.path.lower().endswith((".parquet", ".pq"))
-             and not any(part.startswith((".", "_")) for part in m.path[len(root):].split("/") if part)}
+    found = {path: size for path, size in _match(root + "/**", directory).items()
+             if path.lower().endswith((".parquet", ".pq"))
+             and not any(part.startswith((".", "_")) for part in path[len(root):].split("/") if part)}
     if not found:
         raise ConfigError(f"--input {directory}: is a directory without Parquet files; give files or a glob, "
                           f"e.g. --input '{root}/**/*.txt'")
@@ -186,7 +187,7 @@ def summary(manifest: dict) -> str:
             f"[UNK] {st['unk_rate']:.4f}, truncated tokens {st.get('tokens_truncated', 0):,}"
         )
     docs = manifest["documents"]
-    skipped = {k: v for k, v in docs.items() if k.startswith(("file_", "line_", "json_", "document_", "parquet_", "wiki_")) and v}
+    skipped = {k: v for k, v in docs.items() if k.startswith(SKIP_PREFIXES) and v}
     lines.append(
         f"documents: {docs.get('documents_read', 0):,} read, {docs.get('documents_used', 0):,} used"
         + (f"; counted: {json.dumps(skipped, sort_keys=True)}" if skipped else "")

@@ -72,7 +72,7 @@ LIST_TAGS = frozenset({"li", "dt", "dd"})  # wiki list markup (* # ; :): the lin
 # ordinary link, kept).
 DROPPED_LINK_NAMESPACES = frozenset({"file", "image", "media", "category", "datei", "bild", "fichier", "kategorie",
                                      "catégorie", "categoría", "archivo", "imagen", "categoria", "ficheiro"})
-_INTERLANGUAGE = re.compile(r"[a-z]{2,3}(-[a-z0-9]+)*")  # [[de:...]], [[zh-yue:...]], [[simple:...]] below
+_INTERLANGUAGE = re.compile(r"[a-z]{2,3}(-[a-z0-9]+)*|simple")  # [[de:...]], [[zh-yue:...]], [[simple:...]]
 _QUOTES = re.compile(r"''+")  # bold/italic markup that mwparserfromhell left as text (unclosed: MediaWiki
 # closes it at the line's end)
 _SWITCH = re.compile(r"__[A-Z]+__")  # behaviour switches: __TOC__, __NOTOC__, __NOEDITSECTION__ ...
@@ -230,8 +230,7 @@ class _Renderer:
         title = str(link.title).strip()
         prefix, colon, _ = title.partition(":")
         prefix = prefix.strip().lower()
-        if colon and (prefix in DROPPED_LINK_NAMESPACES or (link.text is None and _INTERLANGUAGE.fullmatch(prefix))
-                      or (link.text is None and prefix == "simple")):
+        if colon and (prefix in DROPPED_LINK_NAMESPACES or (link.text is None and _INTERLANGUAGE.fullmatch(prefix))):
             return
         if link.text is not None:
             self.render(link.text)
