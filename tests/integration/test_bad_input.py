@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import launch
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,9 +150,10 @@ def _damage(kind: str, data: Path, tmp: Path, run_dir: Path) -> tuple[list[str],
         (tmp / "taken").write_text("keep me")
         return [f"run_dir={tmp / 'taken' / 'run'}"], ["run_dir", f"cannot be created: {tmp / 'taken'} is a file"]
     if kind == "resume with another model shape":  # a tiny run, checkpointed, then resumed as mini
-        proc = run_process("pretrain", "--config", "configs/tiny-cpu.yaml", f"data.path={data}",
-                           f"run_dir={run_dir}", "data.num_workers=0", "optim.total_steps=2", "optim.warmup_steps=1",
-                           "logging.wandb=disabled", "eval.every_steps=0", "checkpoint.every_steps=2")
+        proc = launch.run("pretrain", [
+            "--config", "configs/tiny-cpu.yaml", f"data.path={data}", f"run_dir={run_dir}", "data.num_workers=0",
+            "optim.total_steps=2", "optim.warmup_steps=1", "logging.wandb=disabled", "eval.every_steps=0",
+            "checkpoint.every_steps=2"], {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, ROOT)
         assert proc.returncode == 0 and (run_dir / "checkpoints").is_dir(), proc.stderr[-3000:]
         return ["model.size=mini", "optim.total_steps=4"], [
             "its checkpoints hold a model of shape tiny (hidden 128, 2 layers", "this config builds mini (hidden 256",

@@ -1,4 +1,10 @@
-"""The trainer through its real entry point: DeepSpeed on CPU with gloo, one and two ranks."""
+"""The trainer through its real entry point: DeepSpeed on CPU with gloo, one and two ranks.
+
+Each run is a process of its own through ``python -m pretrain``'s ``main``, forked from a process that
+has already imported torch and DeepSpeed (:mod:`tests.launch`; several ranks as torchrun starts
+them). The launchers themselves (torchrun, DeepSpeed's), a signal to a run, a killed rank and the exit
+of a finished run are tested through real interpreters (``subprocess``, :func:`command`).
+"""
 
 import json
 import os
@@ -12,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import launch
 from tests.conftest import built_once
 
 pytestmark = pytest.mark.integration
@@ -40,8 +47,7 @@ def env():
 
 
 def train(dataset, run_dir, *overrides, ranks=1, check=True):
-    proc = subprocess.run(command(dataset, run_dir, *overrides, ranks=ranks), cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = launch.run("pretrain", command(dataset, run_dir, *overrides)[3:], env(), ROOT, ranks=ranks)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -152,13 +158,13 @@ def test_world_sizes_1_2_and_3_and_both_launchers_give_the_same_losses(dataset, 
     # Evaluation too: the same 60 rows (8 micro-batches, the last of 4) at any world size.
     common = ("optim.total_steps=4", "deepspeed.global_batch_size=48", "data.micro_batch_size=4", "data.packing=true",
               "eval.every_steps=4", "eval.max_sequences=60")
-    for ranks in (1, 3):
-        train(dataset, tmp_path / f"world{ranks}", *common, ranks=ranks)
-    # 2 ranks (3 micro-batches each) through DeepSpeed's own launcher, which the README offers beside torchrun
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", "2", "--master_port",
-           str(free_port()), "--module", "pretrain", *command(dataset, tmp_path / "world2", *common)[3:]]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train(dataset, tmp_path / "world1", *common)
+    # 3 ranks through torchrun, 2 (3 micro-batches each) through DeepSpeed's own launcher: the README offers both
+    for cmd in (command(dataset, tmp_path / "world3", *common, ranks=3),
+                [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", "2", "--master_port",
+                 str(free_port()), "--module", "pretrain", *command(dataset, tmp_path / "world2", *common)[3:]]):
+        proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     one = losses(tmp_path / "world1")
     assert sorted(one) == [1, 2, 3, 4]
     evaluated = evaluation(tmp_path / "world1")
@@ -334,8 +340,8 @@ def phase1(dataset, tmp_path_factory) -> Path:
     def build(root: Path) -> None:
         train(os.path.relpath(dataset, ROOT), root / "run", "optim.total_steps=30", "optim.lr=3e-3",
               "deepspeed.zero_stage=0", "checkpoint.every_steps=10", "checkpoint.keep_last=3")
-        subprocess.run([sys.executable, "-m", "pretrain", "export", str(root / "run"), str(root / "export")],
-                       cwd=ROOT, env=env(), capture_output=True, timeout=300, check=True)
+        export = launch.run("pretrain", ["export", str(root / "run"), str(root / "export")], env(), ROOT)
+        assert export.returncode == 0, export.stderr[-3000:]
 
     return built_once(tmp_path_factory, "phase1", build)
 
@@ -346,8 +352,7 @@ def assert_exports_load_in_transformers(run: Path, out: Path, early: int) -> Non
     transformers = pytest.importorskip("transformers")
     import torch
 
-    proc = subprocess.run([sys.executable, "-m", "pretrain", "export", str(run), str(out / "hf"), "--step", str(early)],
-                          cwd=out, env=env(), capture_output=True, text=True, timeout=300)
+    proc = launch.run("pretrain", ["export", str(run), str(out / "hf"), "--step", str(early)], env(), out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines() == [f"exported {run}/checkpoints/step_{early:08d} to {out / 'hf'}"]
     hf, info = transformers.BertForPreTraining.from_pretrained(str(out / "hf"), output_loading_info=True)
@@ -357,8 +362,7 @@ def assert_exports_load_in_transformers(run: Path, out: Path, early: int) -> Non
     ours = load_pretrained(str(out / "hf"))[0].eval()
     ids = torch.randint(5, 100, (2, 12))
     torch.testing.assert_close(ours(ids).mlm_logits, hf.eval()(input_ids=ids).prediction_logits, rtol=1e-5, atol=1e-5)
-    subprocess.run([sys.executable, "-m", "pretrain", "export", str(run), str(out / "newest")], cwd=ROOT, env=env(),
-                   capture_output=True, timeout=300, check=True)
+    assert launch.run("pretrain", ["export", str(run), str(out / "newest")], env(), ROOT).returncode == 0
     later = transformers.BertForPreTraining.from_pretrained(str(out / "newest"))
     moved = later.bert.encoder.layer[0].attention.self.query.weight - hf.bert.encoder.layer[0].attention.self.query.weight
     assert moved.abs().max() > 0  # each export holds its own checkpoint's trained weights
@@ -527,6 +531,5 @@ def test_the_vocabulary_fingerprint_is_checked_by_export_phase_2_and_resume(data
     proc = train(dataset, run.root, "optim.total_steps=40", check=False)
     assert proc.returncode == 2 and f"run_dir {run.root} (started on {dataset}) was made with vocabulary 1111" \
         in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "pretrain", "export", str(run.root)], cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = launch.run("pretrain", ["export", str(run.root)], env(), ROOT)
     assert proc.returncode == 2 and "the run trained with 1111" in proc.stderr
