@@ -3,7 +3,8 @@
 ``python -m pretrain plot RUN_DIR`` draws the loss and accuracy curves;
 ``python -m pretrain status RUN_DIR`` says where a run stands (exit 0 once finished);
 ``python -m pretrain path RUN_DIR NAME`` prints a path inside a run directory (for batch scripts);
-``python -m pretrain config-doc`` writes docs/configuration.md from the typed configuration.
+``python -m pretrain config-doc`` writes docs/configuration.md from the typed configuration;
+``python -m pretrain plan --config RECIPE --gpus N --gpu KIND`` predicts memory, time and checkpoints.
 
 Training runs the same under ``torchrun``, ``deepspeed`` or ``srun`` for many ranks.
 """
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         from pretrain.config_doc import main as config_doc_main
 
         return config_doc_main(argv[1:])
+    if command == "plan":
+        from pretrain.plan import main as plan_main
+
+        return plan_main(argv[1:])
     if command in ("status", "path"):
         from pretrain import status
 

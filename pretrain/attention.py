@@ -17,6 +17,10 @@ choosing the kernel there; :func:`attention` is the only attention call in the m
   padding, whose outputs nobody reads);
 * **the plain path** (an exported model, transformers parity): a (B, S) padding mask.
 
+:func:`planned_flash` stands in for the GPU kernels when ``python -m pretrain plan`` traces a step on a
+CPU without data (:mod:`pretrain.memory`): it allocates what FlashAttention keeps and makes, and
+computes nothing.
+
 Shapes: B batch rows, S row length, nh heads, hs head size, T = B * S tokens.
 """
 
@@ -58,9 +62,14 @@ def boundary(x: torch.Tensor, head_size: int, attention_mask: torch.Tensor | Non
     return Sequences()
 
 
+_PLANNING = {"flash": False}  # set by planned_flash
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqs: Sequences, dropout_p: float) -> torch.Tensor:
     """(B, S, nh, hs) x3 -> (B, S, nh, hs)."""
     b, s, nh, hs = q.shape
+    if _PLANNING["flash"]:
+        return _PlannedFlash.apply(q, k, v)
     if seqs.cu_seqlens is not None:
         flat = lambda t: t.reshape(b * s, nh, hs)  # noqa: E731 (T, nh, hs)
         y = _VarlenAttention.apply(flat(q), flat(k), flat(v), seqs.cu_seqlens, seqs.max_seqlen, dropout_p)
@@ -92,3 +101,36 @@ class _VarlenAttention(torch.autograd.Function):
             grad.contiguous(), q, k, v, out, lse, cu_seqlens, cu_seqlens, ctx.max_seqlen, ctx.max_seqlen,
             ctx.dropout_p, False, rng_state, unused)
         return dq, dk, dv, None, None, None
+
+
+class planned_flash:  # noqa: N801 (a context manager, used as ``with planned_flash():``)
+    """Within it, :func:`attention` allocates what FlashAttention's forward and backward (dense or
+    variable-length, with or without dropout: the same tensors) keep and make, from the shapes alone.
+    For the planner's traces on fake tensors, never for training: its outputs hold no values."""
+
+    def __enter__(self) -> planned_flash:
+        _PLANNING["flash"] = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _PLANNING["flash"] = False
+
+
+class _PlannedFlash(torch.autograd.Function):
+    """Forward: the output (B, S, nh, hs) and the softmax's log-sum-exp (B, nh, S) in fp32, kept with q, k
+    and v for the backward (dropout is replayed from a random state, not kept as a mask). Backward: dq,
+    dk, dv, and FlashAttention-2's fp32 accumulator for dq and its fp32 row sums (B, nh, S), freed after."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        b, s, nh, hs = q.shape
+        out = q.new_empty(b, s, nh, hs)
+        lse = q.new_empty(b, nh, s, dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq_accum, row_sums = torch.empty_like(q, dtype=torch.float32), torch.empty_like(lse)  # noqa: F841
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
