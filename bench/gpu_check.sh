@@ -5,7 +5,8 @@
 #   2. runs the GPU tests (tests/gpu: bf16, ZeRO-1/2, LAMB/AdamW, evaluation, checkpoint, resume,
 #      export; the host synchronisations left in the step, CUDA's sync-debug warnings included; the
 #      varlen FlashAttention kernel against block-diagonal SDPA, with and without dropout; packed rows;
-#      the optimizer-step timer and host-sync counter; micro_batch_size auto; the recipes under 80 GB);
+#      the optimizer-step timer and host-sync counter; micro_batch_size auto; the recipes under 80 GB,
+#      their measured peak against python -m pretrain plan's prediction);
 #   3. measures: bench.host_syncs on the GPU, bench.model_speed --gpu (our model against
 #      transformers', eager and compiled), then bench.trainer_speed --gpu (the trainer itself:
 #      padded and packed, eager and compiled, seq 128 and 512).

@@ -156,5 +156,13 @@ def test_the_bert_large_recipes_micro_batch_fits_an_80_gb_card(tmp_path, recipe)
         cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     peak = max(r["memory_gb"] for r in records(tmp_path / "run") if "loss" in r)
-    print(f"{recipe}: micro-batch {cfg.data.micro_batch_size}, peak {peak:.1f} GiB under the 80 GB cap")
+    # what python -m pretrain plan predicted for this run: its tensors (the parts less the fixed costs)
+    plan = subprocess.run([sys.executable, "-m", "pretrain", "plan", "--config", recipe, f"data.path={data}",
+                           f"deepspeed.global_batch_size={cfg.data.micro_batch_size}", "--gpus", "1", "--json"],
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
+    parts = json.loads(plan.stdout)["memory"]["parts"]
+    predicted = sum(p["bytes"] for p in parts if p["name"] not in ("CUDA context", "allocator margin")) / 2**30
+    print(f"{recipe}: micro-batch {cfg.data.micro_batch_size}, peak {peak:.1f} GiB under the 80 GB cap; "
+          f"planned {predicted:.1f} GiB of tensors")
     assert peak < 80 * 0.93  # headroom
+    assert 0.75 < predicted / peak < 1.25
