@@ -25,6 +25,7 @@ interval, else 1) and of two groups gives every depth by adding groups.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass
 
@@ -167,19 +168,11 @@ def _trace(config: BertConfig, shape: Shape, layers: int, keep_gradients: bool, 
         inputs = {key: (mode.from_tensor(v) if isinstance(v, torch.Tensor) else v) for key, v in batch.items()}
         existing = (*model.parameters(), *model.buffers(), *(v for v in inputs.values() if isinstance(v, torch.Tensor)))
         live = _LiveBytes(GPU_BLOCK if shape.gpu else 1, existing)
-        with live, (planned_flash() if shape.gpu else _nothing()):
+        with live, (planned_flash() if shape.gpu else contextlib.nullcontext()):
             out = model(**inputs)
             out.loss.backward()
             del out
     return live.peak
-
-
-class _nothing:  # noqa: N801
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 @dataclass(frozen=True)
@@ -217,9 +210,12 @@ def step_memory(config: BertConfig, shape: Shape, states: States) -> tuple[list[
     params, largest = parameter_counts(config)
     held, update = model_states(params, largest, states)
     traced = traced_step(config, shape, keep_gradients=states.zero_stage < 2)
+    attention = ("FlashAttention: output and fp32 log-sum-exp kept" if shape.gpu
+                 else "this CPU's attention path")
     at_backward = held + [Part("activations and temporaries", traced,
                                "traced forward, loss and backward" + (", with the weights' gradients"
-                                                                     if states.zero_stage < 2 else ""))]
+                                                                     if states.zero_stage < 2 else "")
+                               + f"; {attention}")]
     at_update = held + update
     peak = max((at_backward, "backward"), (at_update, "update"), key=lambda x: sum(p.bytes for p in x[0]))
     return peak[0], peak[1]

@@ -200,7 +200,7 @@ def report(plan: dict) -> str:
     lines = [f"BERT-{r['model']} ({r['parameters'] / 1e6:.0f}M parameters) on {r['gpus']} x {r['gpu']}: ZeRO-"
              f"{r['zero_stage']}, {r['precision']}{', optimizer offloaded' if r['offload_optimizer'] else ''}, "
              f"micro-batch {r['micro_batch_size']}, seq {r['seq_len']} ({r['predictions']} predictions; from "
-             f"{r['data_from']}), activation checkpointing {r['activation_checkpointing'] or 'off'}"
+             f"{r['data_from']}), activation checkpointing {_every(r['activation_checkpointing'])}"
              f"{', packed' if r['packing'] else ''}",
              f"memory per GPU (peak at the {m['peak_at']}):"]
     for p in m["parts"]:
@@ -223,3 +223,7 @@ def report(plan: dict) -> str:
                "micro_batch_size auto: measured on the GPU at the start of the run")
     lines.append(f"verdict: {verdict}")
     return "\n".join(lines)
+
+
+def _every(k: int) -> str:
+    return "off" if not k else "every layer" if k == 1 else f"every {k} layers"
