@@ -137,13 +137,15 @@ def make_plan(cfg: TrainConfig, data: Data, gpus: int, memory_gib: float, peak_t
 
     allowed = micro_batch_sizes(d.global_batch_size, gpus, cfg.data.packing)
     wanted = cfg.data.micro_batch_size
-    parts, at = memory(wanted if wanted != "auto" else allowed[0])
-    total = sum(p.bytes for p in parts)
     largest, largest_total = _largest(memory, allowed, budget)
+    # the parts shown: the recipe's micro-batch; with auto, the largest that fits (else the smallest)
+    parts, at = memory(wanted if wanted != "auto" else largest or allowed[0])
+    total = sum(p.bytes for p in parts)
     params, _ = parameter_counts(config)
     time = _time(cfg, config, data, gpus, peak_tflops, mfu, d.precision)
     ckpt = _checkpoints(cfg, params, d.precision, fs_gbps, time["hours"])
-    fits = wanted != "auto" and total <= budget
+    # micro_batch_size auto: the run measures it on the GPU; the recipe fits if any allowed size does
+    fits = total <= budget if wanted != "auto" else largest is not None
     return {
         "recipe": {"model": cfg.model.size, "parameters": params, "gpus": gpus, "gpu": gpu_name,
                    "zero_stage": d.zero_stage, "precision": d.precision, "offload_optimizer": d.offload_optimizer,
@@ -218,9 +220,11 @@ def report(plan: dict) -> str:
     lines.append(f"checkpoints: {c['bytes'] / 1e9:.1f} GB each, {c['disk'] / 1e9:.1f} GB kept ({c['kept']}); "
                  f"{c['count']} written, {c['write_s']:.0f} s each: {c['share_of_run']:.1%} of the run")
     spare = (m["card"] - m["total"]) / GiB
-    verdict = (f"fits: {spare:.1f} GiB to spare" if plan["fits"] else
-               f"does not fit: {-spare:.1f} GiB over" if isinstance(r["micro_batch_size"], int) else
-               "micro_batch_size auto: measured on the GPU at the start of the run")
+    if r["micro_batch_size"] == "auto":
+        verdict = ("micro_batch_size auto: the run measures it on the GPU (the plan's largest: "
+                   f"{m['largest_micro_batch']})" if plan["fits"] else "does not fit at any micro-batch")
+    else:
+        verdict = f"fits: {spare:.1f} GiB to spare" if plan["fits"] else f"does not fit: {-spare:.1f} GiB over"
     lines.append(f"verdict: {verdict}")
     return "\n".join(lines)
 

@@ -50,3 +50,9 @@ def test_a_dataset_gives_the_shape_and_the_epochs(dataset, capsys):
     assert main(["--config", "configs/tiny-cpu.yaml", f"data.path={dataset}", "--gpus", "1", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["recipe"]["seq_len"] == 64 and plan["time"]["epochs"] > 0
+    # micro_batch_size auto (measured at the run's start on a GPU): the plan shows the largest that fits
+    assert main(["--config", "configs/tiny-cpu.yaml", f"data.path={dataset}", "data.micro_batch_size=auto",
+                 "--gpus", "1"]) == 0
+    out = capsys.readouterr().out
+    largest = int(out.split("largest micro-batch that fits: ")[1].split()[0])
+    assert "micro-batch auto" in out and f"the run measures it on the GPU (the plan's largest: {largest})" in out
