@@ -11,7 +11,9 @@ default options (seq 128, dupe factor 5, 10 predictions a sequence ...), output 
 Runs: ``local1``/``local2``: the local runner with 1 and 2 worker processes
 (``--direct_num_workers``); ``dask1``/``dask2``: Beam's Dask runner on a ``dask.distributed``
 cluster of 1 and 2 single-threaded worker processes started for the run (``dask scheduler`` and
-``dask worker``, as a cluster would).
+``dask worker``, as a cluster would). A 1-worker run is held to one core (``taskset``: every process
+of it, the launcher and Dask's scheduler included), so that 1 and 2 workers compare one core with
+two; a 2-worker run has every core.
 
 Measured per run: wall time; input MB/s; the rate beyond start-up (the input over the wall time less
 the same run's time on a 20 KB input); the peak resident memory of each process (the largest over
@@ -120,22 +122,23 @@ def run(kind: str, inputs: str, out: Path, vocab: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "preprocess", "--input", inputs, "--output", str(out), "--vocab", str(vocab)]
     workers = int(kind[-1])
+    pin = ["taskset", "-c", "0"] if workers == 1 else []  # one worker: one core, whatever it starts
     cluster = []
     if kind.startswith("local"):
         cmd.append(f"--direct_num_workers={workers}")
     else:
         port = free_port()
-        cluster.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", str(port),
+        cluster.append(subprocess.Popen([*pin, sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", str(port),
                                          "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL))
-        cluster.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker",
+        cluster.append(subprocess.Popen([*pin, sys.executable, "-m", "distributed.cli.dask_worker",
                                          f"tcp://127.0.0.1:{port}", "--nworkers", str(workers), "--nthreads", "1",
                                          "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL))
         cmd += ["--runner", "dask", f"--dask_client_address=tcp://127.0.0.1:{port}"]
     try:
         t = time.perf_counter()
-        job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        job = subprocess.Popen([*pin, *cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sampler = Sampler([job.pid, *(c.pid for c in cluster)], out / ".parts")
         sampler.start()
         stdout, stderr = job.communicate()
