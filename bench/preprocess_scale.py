@@ -196,14 +196,14 @@ def main() -> None:
         shutil.rmtree(corpus)
     by = {(r["input_mb"], r["kind"]): r for r in results}
     for mb in sorted({r["input_mb"] for r in results}):
-        line = [f"{mb:.0f} MB:"]
+        line = []
         for runner in ("local", "dask"):
             one, two = by.get((mb, f"{runner}1")), by.get((mb, f"{runner}2"))
             if one and two:
                 line.append(f"{runner} 2 workers / 1 beyond start-up {two['rate_beyond'] / one['rate_beyond']:.2f}x")
         if (mb, "local2") in by and (mb, "dask2") in by:
             line.append(f"dask2 / local2 {by[(mb, 'dask2')]['rate'] / by[(mb, 'local2')]['rate']:.2f}x")
-        print("; ".join(line))
+        print(f"{mb:.0f} MB: " + "; ".join(line))
     if args.json:
         args.json.write_text(json.dumps({"startup": startup, "results": results}, indent=1))
     if args.plot:
