@@ -6,9 +6,10 @@ TorchDynamo and Inductor modules that DeepSpeed's optimizer check imports) and a
 work. :func:`run` starts each command in a fresh process forked from multiprocessing's fork server
 with those modules preloaded (one server per pytest-xdist worker): a process of its own as
 ``python -m MODULE ARGS`` would be, with its own environment, working directory, signals, exit code,
-stdout and stderr, through the module's own ``main(argv)``, but without the imports. What a real
-interpreter start adds (the launchers, several ranks, signals sent to a run, the exit of a finished
-run) is tested through real processes (``subprocess``) elsewhere.
+stdout and stderr, through the module's own ``main(argv)``, but without the imports; several ranks as
+torchrun starts them. What a real interpreter start adds (torchrun's and DeepSpeed's launchers, signals
+sent to a run, a killed rank, the exit of a finished run) is tested through real processes
+(``subprocess``) elsewhere.
 """
 
 from __future__ import annotations
