@@ -26,6 +26,7 @@ interval, else 1) and of two groups gives every depth by adding groups.
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from dataclasses import dataclass
 
@@ -74,6 +75,12 @@ class States:
     offload: bool
 
 
+def has_master_copy(precision: str, zero_stage: int) -> bool:
+    """Whether DeepSpeed keeps an fp32 copy of the weights apart from the ones the model computes with: at
+    16-bit precision, and from ZeRO-1 at fp32 too (each rank's partition, cloned)."""
+    return precision != "fp32" or zero_stage >= 1
+
+
 def model_states(params: int, largest_layer: int, s: States) -> tuple[list[Part], list[Part]]:
     """(parts held through the backward, parts added for the optimizer's update), bytes per rank."""
     w, n = BYTES[s.precision], s.world
@@ -85,7 +92,8 @@ def model_states(params: int, largest_layer: int, s: States) -> tuple[list[Part]
     else:
         held.append(Part("weights", params * w, f"{s.precision}, whole on every rank"))
     on_gpu_optimizer = not s.offload
-    if on_gpu_optimizer and (s.precision != "fp32" or s.zero_stage >= 1):
+    master = has_master_copy(s.precision, s.zero_stage)
+    if on_gpu_optimizer and master:
         held.append(Part("fp32 master weights", 4 * params / opt_n, f"1/{opt_n} of them"))
     if on_gpu_optimizer:
         held.append(Part("optimizer moments", 8 * params / opt_n, f"two fp32 moments, 1/{opt_n} of them"))
@@ -96,7 +104,7 @@ def model_states(params: int, largest_layer: int, s: States) -> tuple[list[Part]
     else:
         update.append(Part("gradients", params * w, "whole on every rank (in the trace during the backward)"))
     if on_gpu_optimizer:
-        if s.precision != "fp32" or s.zero_stage >= 1:
+        if master:
             update.append(Part("fp32 gradient partition", 4 * params / opt_n, "what the update reads"))
         update.append(Part("update temporaries", 4 * params / opt_n, "one fp32 partition-sized buffer"))
     return held, update
@@ -145,14 +153,13 @@ def traced_step(config: BertConfig, shape: Shape, keep_gradients: bool) -> float
 
 
 def _trace(config: BertConfig, shape: Shape, layers: int, keep_gradients: bool, fake_mode) -> int:
-    from pretrain.data import Collator, Layout
+    from pretrain.data import Collator, layout_for
     from pretrain.fit import worst_case_rows
 
     config = BertConfig(**{**config.__dict__, "num_hidden_layers": layers})
     rows = shape.micro_batch
-    layout = (Layout(0, shape.predictions, rows, shape.seq_len, shape.max_per_row) if shape.packed
-              else Layout(0, shape.predictions, 0, 0, 1))
-    info = _Info(shape.seq_len, config.vocab_size)
+    info = _Info(shape.seq_len, config.vocab_size, shape.predictions)
+    layout = layout_for(info, rows, shape.seq_len, shape.max_per_row) if shape.packed else layout_for(info)
     batch = Collator(layout)(worst_case_rows(rows, info, layout))["inputs"]
     default = torch.get_default_dtype()
     with fake_mode(allow_non_fake_inputs=True) as mode:
@@ -177,26 +184,26 @@ def _trace(config: BertConfig, shape: Shape, layers: int, keep_gradients: bool, 
 
 @dataclass(frozen=True)
 class _Info:
-    """What :func:`pretrain.fit.worst_case_rows` reads of a dataset."""
+    """What :func:`pretrain.fit.worst_case_rows` and :func:`pretrain.data.layout_for` read of a dataset."""
 
     max_seq_length: int
     vocab_size: int
+    max_predictions_per_seq: int
 
-
-_COUNTS: dict[str, tuple[int, int]] = {}
+    def token_id(self, token: str) -> int:
+        return 0  # [PAD]: which id pads does not change a shape
 
 
 def parameter_counts(config: BertConfig) -> tuple[int, int]:
     """(parameters, the largest encoder layer's or the embeddings' parameters), without building the model."""
-    key = repr(sorted(config.__dict__.items()))
-    if key not in _COUNTS:
-        _COUNTS[key] = _parameter_counts(config)
-    return _COUNTS[key]
+    return _parameter_counts(tuple(sorted(config.shape().items())))
 
 
-def _parameter_counts(config: BertConfig) -> tuple[int, int]:
+@functools.lru_cache(maxsize=8)
+def _parameter_counts(shape: tuple[tuple[str, int], ...]) -> tuple[int, int]:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    config = BertConfig(**dict(shape))
     with FakeTensorMode():
         model = BertForPreTraining(BertConfig(**{**config.__dict__, "num_hidden_layers": 1}))
         per_layer = sum(p.numel() for p in model.bert.encoder.layer[0].parameters())

@@ -20,7 +20,15 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from pretrain.memory import BYTES, Part, Shape, States, parameter_counts, step_memory
+from pretrain.memory import (
+    BYTES,
+    Part,
+    Shape,
+    States,
+    has_master_copy,
+    parameter_counts,
+    step_memory,
+)
 from pretrain.model_config import BertConfig, training_flops
 
 if TYPE_CHECKING:
@@ -52,8 +60,10 @@ FP32_TFLOPS_SHARE = 1 / 16  # fp32 runs on a GPU's CUDA cores (no TF32 here): ro
 
 @dataclass(frozen=True)
 class Data:
-    seq_len: int
-    predictions: int
+    """The dataset's shape (what :meth:`BertConfig.for_dataset` reads of one) and its size."""
+
+    max_seq_length: int
+    max_predictions_per_seq: int
     vocab_size: int
     train_sequences: int | None  # from the manifest, when the dataset exists
     source: str
@@ -118,14 +128,13 @@ def make_plan(cfg: TrainConfig, data: Data, gpus: int, memory_gib: float, peak_t
               fs_gbps: float, gpu_name: str) -> dict:
     from pretrain.config import micro_batch_sizes
 
-    config = BertConfig.named(cfg.model.size, vocab_size=(data.vocab_size + 7) // 8 * 8,
-                              max_position_embeddings=max(512, data.seq_len))
+    config = BertConfig.for_dataset(cfg.model.size, data)
     d = cfg.deepspeed
     states = States(gpus, d.zero_stage, d.precision, d.offload_optimizer)
     budget = memory_gib * GiB
 
     def memory(m: int) -> tuple[list[Part], str]:
-        shape = Shape(m, data.seq_len, data.predictions, d.precision, cfg.model.activation_checkpointing,
+        shape = Shape(m, data.max_seq_length, data.max_predictions_per_seq, d.precision, cfg.model.activation_checkpointing,
                       cfg.data.packing, cfg.data.max_sequences_per_row)
         parts, at = step_memory(config, shape, states)
         tensors = sum(p.bytes for p in parts)
@@ -150,7 +159,7 @@ def make_plan(cfg: TrainConfig, data: Data, gpus: int, memory_gib: float, peak_t
         "recipe": {"model": cfg.model.size, "parameters": params, "gpus": gpus, "gpu": gpu_name,
                    "zero_stage": d.zero_stage, "precision": d.precision, "offload_optimizer": d.offload_optimizer,
                    "micro_batch_size": wanted, "activation_checkpointing": cfg.model.activation_checkpointing,
-                   "packing": cfg.data.packing, "seq_len": data.seq_len, "predictions": data.predictions,
+                   "packing": cfg.data.packing, "seq_len": data.max_seq_length, "predictions": data.max_predictions_per_seq,
                    "data_from": data.source},
         "memory": {"parts": [asdict(p) for p in parts], "total": total, "card": budget, "peak_at": at,
                    "largest_micro_batch": largest, "largest_micro_batch_total": largest_total},
@@ -173,8 +182,8 @@ def _largest(memory, allowed: list[int], budget: float) -> tuple[int | None, flo
 
 def _time(cfg: TrainConfig, config: BertConfig, data: Data, gpus: int, peak_tflops: float, mfu: float | None,
           precision: str) -> dict:
-    g, s = cfg.deepspeed.global_batch_size, data.seq_len
-    flops = g * training_flops(config, s, s * s, data.predictions)
+    g, s = cfg.deepspeed.global_batch_size, data.max_seq_length
+    flops = g * training_flops(config, s, s * s, data.max_predictions_per_seq)
     assumed = mfu is None
     mfu = ASSUMED_MFU if assumed else mfu
     peak = peak_tflops * (FP32_TFLOPS_SHARE if precision == "fp32" else 1)
@@ -188,9 +197,8 @@ def _time(cfg: TrainConfig, config: BertConfig, data: Data, gpus: int, peak_tflo
 
 
 def _checkpoints(cfg: TrainConfig, params: int, precision: str, fs_gbps: float, run_hours: float) -> dict:
-    size = params * (BYTES[precision] + 12)  # weights as trained, fp32 master weights, two fp32 moments
-    if precision == "fp32":
-        size = params * 12 if cfg.deepspeed.zero_stage == 0 else params * 16
+    # the weights as trained, the fp32 master weights where DeepSpeed keeps them apart, two fp32 moments
+    size = params * (BYTES[precision] + 4 * has_master_copy(precision, cfg.deepspeed.zero_stage) + 8)
     count = cfg.optim.total_steps // cfg.checkpoint.every_steps + 1
     write_s = size / (fs_gbps * 1e9)
     return {"bytes": size, "kept": cfg.checkpoint.keep_last, "disk": size * cfg.checkpoint.keep_last,

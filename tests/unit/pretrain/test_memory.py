@@ -1,5 +1,6 @@
 """The planner's memory model: traced steps on fake tensors, DeepSpeed's states by stage."""
 
+import json
 import os
 import subprocess
 import sys
@@ -70,5 +71,5 @@ def test_the_cpu_prediction_is_within_15_percent_of_the_real_engines_measured_pe
     proc = subprocess.run([sys.executable, "-m", "bench.plan_memory", "--measure", str(dataset), "tiny", "16", "1"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    measured = float(proc.stdout.strip().splitlines()[-1].split(":")[1].strip(" }"))
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])["measured"]
     assert predict(str(dataset), "tiny", 16, 1) == pytest.approx(measured, rel=0.15)
