@@ -31,11 +31,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(dataset, run_dir, *overrides, ranks=1):
+def arguments(dataset, run_dir, *overrides) -> list[str]:
+    """``python -m pretrain``'s arguments for a test run."""
     # wandb (its start and finish: ~6 s a process) only where a test reads it back: the metrics test
-    args = ["--config", "configs/tiny-cpu.yaml", f"data.path={dataset}", f"run_dir={run_dir}",
+    return ["--config", "configs/tiny-cpu.yaml", f"data.path={dataset}", f"run_dir={run_dir}",
             "logging.every_steps=1", "data.num_workers=0", "optim.warmup_steps=2", "logging.wandb=disabled",
             *overrides]
+
+
+def command(dataset, run_dir, *overrides, ranks=1):
+    """A real interpreter's command line: ``python -m pretrain``, or torchrun with ``ranks`` ranks."""
+    args = arguments(dataset, run_dir, *overrides)
     if ranks == 1:
         return [sys.executable, "-m", "pretrain", *args]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
@@ -47,7 +53,7 @@ def env():
 
 
 def train(dataset, run_dir, *overrides, ranks=1, check=True):
-    proc = launch.run("pretrain", command(dataset, run_dir, *overrides)[3:], env(), ROOT, ranks=ranks)
+    proc = launch.run("pretrain", arguments(dataset, run_dir, *overrides), env(), ROOT, ranks=ranks)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -162,7 +168,7 @@ def test_world_sizes_1_2_and_3_and_both_launchers_give_the_same_losses(dataset, 
     # 3 ranks through torchrun, 2 (3 micro-batches each) through DeepSpeed's own launcher: the README offers both
     for cmd in (command(dataset, tmp_path / "world3", *common, ranks=3),
                 [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", "2", "--master_port",
-                 str(free_port()), "--module", "pretrain", *command(dataset, tmp_path / "world2", *common)[3:]]):
+                 str(free_port()), "--module", "pretrain", *arguments(dataset, tmp_path / "world2", *common)]):
         proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     one = losses(tmp_path / "world1")
@@ -201,9 +207,9 @@ def test_the_training_step_asks_the_host_for_nothing(dataset, tmp_path, optimize
     # bench.host_syncs counts .item()/bool(), nonzero, boolean-mask indexing and the like while steps
     # train (logging, checkpointing and the stop check left out: they read the host on purpose); packed
     # rows with fresh masks each epoch, the loader's busiest layout
-    proc = subprocess.run([sys.executable, "-m", "bench.host_syncs", *command(
+    proc = subprocess.run([sys.executable, "-m", "bench.host_syncs", *arguments(
         dataset, tmp_path / "run", "optim.total_steps=12", "logging.every_steps=6", "eval.every_steps=0",
-        f"optim.name={optimizer}", "data.packing=true", "data.dynamic_masking=true")[3:]],
+        f"optim.name={optimizer}", "data.packing=true", "data.dynamic_masking=true")],
         cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
