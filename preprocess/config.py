@@ -18,13 +18,19 @@ import argparse
 import difflib
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError
 
 from preprocess.cli import parser
 from preprocess.documents import ReadParams
 from preprocess.input_parts import PART_BYTES
 from preprocess.masking import MaskingParams
 from preprocess.pairs import PairingParams
+from preprocess.sizing import ShardSizing
+
+# Large enough for long sequential reads from object stores and few files at terabyte scale
+# (2 TB of text at dupe factor 5 makes ~50,000); small enough that every worker of a cluster
+# has shards to write. A shard is written piece by piece: its size costs no memory.
+SHARD_SIZE = 256 << 20
 
 
 class ConfigError(ValueError):
@@ -42,8 +48,10 @@ class PreprocessConfig(BaseModel):
     lower_case: bool = Field(True, description="lower-case and strip accents (vocab.txt only)")
     max_seq_length: int = Field(128, ge=8, le=65535, description="tokens per sequence, [CLS] and both [SEP] included")
     dupe_factor: int = Field(5, ge=1, description="passes over the corpus, each with new pairs and masks")
-    num_shards: int = Field(64, ge=1, description="training shards (validation gets its share); choose about "
-                            "256 MB-1 GB of output each (one worker writes a shard)")
+    shard_size: ByteSize = Field(SHARD_SIZE, ge=1 << 20, description="bytes of output per shard (e.g. 256MB, 1GiB): "
+                                 "the shard count of each split follows from its size")
+    num_shards: int | None = Field(None, ge=1, description="a fixed count of training shards instead "
+                                   "(validation gets its share); overrides --shard-size")
     seed: int = Field(12345, ge=0, lt=2**63, description="all randomness derives from it and stable document ids")
     validation_fraction: float = Field(0.0, ge=0, lt=1,
                                        description="fraction of documents (by id hash) held out as the validation split")
@@ -78,11 +86,12 @@ class PreprocessConfig(BaseModel):
         return ReadParams(self.input_format, self.text_field, self.max_line_bytes, self.max_document_bytes,
                           self.max_json_line_bytes)
 
-    @property
-    def validation_shards(self) -> int:
-        if self.validation_fraction <= 0:
-            return 0
-        return max(1, round(self.num_shards * self.validation_fraction))
+    def shard_sizing(self, split: str, token_bytes: int) -> ShardSizing:
+        """How the shard count of ``split`` follows: ``--num-shards`` (validation: its share), or ``--shard-size``."""
+        count = self.num_shards
+        if count is not None and split == "validation":
+            count = max(1, round(count * self.validation_fraction))
+        return ShardSizing(count, int(self.shard_size), token_bytes, self.masked_lm_prob, self.max_predictions_per_seq)
 
     def to_dict(self) -> dict[str, Any]:
         """The options as the manifest's ``config`` section records them (reading limits under ``read``)."""
@@ -116,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
             kw.update(action="append", metavar="GLOB")
         elif get_origin(kind) is Literal:
             kw["choices"] = list(get_args(kind))
+        elif kind is ByteSize:
+            kw["type"] = str  # "256MB", "1GiB" or bytes: pydantic parses it
         else:
-            kw["type"] = kind
+            kw["type"] = int if kind == int | None else kind
         p.add_argument(flag_of(name), **kw)
     p.add_argument("--verbose", action="store_true", help="show third-party libraries' logs and warnings too")
     return p

@@ -34,6 +34,7 @@ from preprocess.runners import (
     run_on_dask,
 )
 from preprocess.shards import remove_parts
+from preprocess.sizing import text_bytes
 from preprocess.tokenization import (
     TokenizerSpec,
     VocabError,
@@ -130,10 +131,11 @@ def prepare_output(output: str) -> None:
 
 
 def job_pipeline(cfg: PreprocessConfig, parts: list[str] | list[InputPart], vocab: VocabInfo, opts: PipelineOptions,
-                 runner: object | None = None, tokenizer_threads: int | None = None) -> beam.Pipeline:
-    """The job's pipeline, built and not yet run (``runner``: an explicit local runner, else Beam's choice)."""
+                 runner: object | None = None, tokenizer_threads: int | None = None, text: int = 0) -> beam.Pipeline:
+    """The job's pipeline, built and not yet run (``runner``: an explicit local runner, else Beam's choice;
+    ``text``: the inputs' bytes of text, :func:`~preprocess.sizing.text_bytes`)."""
     p = beam.Pipeline(runner=runner, options=opts) if runner else beam.Pipeline(options=opts)
-    build_pipeline(p, cfg, parts, vocab, tokenizer_threads)
+    build_pipeline(p, cfg, parts, vocab, tokenizer_threads, text)
     return p
 
 
@@ -142,7 +144,7 @@ def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
     spec = TokenizerSpec(cfg.vocab, cfg.lower_case)
     vocab = vocab_info(build_tokenizer(spec), spec)  # fails here, before any work, on a bad vocab
     sizes = match_inputs(cfg.inputs)
-    files = list(sizes)
+    files, text = list(sizes), text_bytes(sizes)
     parts = plan_parts(sizes, {f: file_format(f, cfg.read_params) for f in files}, cfg.input_part_bytes)
     opts, runner = pipeline_options(beam_args)
     prepare_output(cfg.output)
@@ -151,19 +153,21 @@ def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
              f" (read in {len(parts)} parts)" if len(parts) > len(files) else "", cfg.output)
     if is_dask(opts):  # a distributed runner shows progress in its own console (Dask: its dashboard)
         with dask_cluster(opts, len(parts)):
-            run_on_dask(job_pipeline(cfg, parts, vocab, opts))
+            run_on_dask(job_pipeline(cfg, parts, vocab, opts, text=text))
     elif runner is None:
-        job_pipeline(cfg, parts, vocab, opts).run().wait_until_finish()
+        job_pipeline(cfg, parts, vocab, opts, text=text).run().wait_until_finish()
     else:
-        p = job_pipeline(cfg, parts, vocab, opts, runner, local_tokenizer_threads(opts))
-        with local_progress(len(parts), cfg.num_shards + cfg.validation_shards, len(parts) > len(files)):
+        p = job_pipeline(cfg, parts, vocab, opts, runner, local_tokenizer_threads(opts), text)
+        shards = None if cfg.num_shards is None else sum(
+            cfg.shard_sizing(split, 2).count for split in ("train", "validation")[: 1 + (cfg.validation_fraction > 0)])
+        with local_progress(len(parts), shards, len(parts) > len(files)):
             p.run().wait_until_finish()
     with FileSystems.open(FileSystems.join(cfg.output, MANIFEST_NAME)) as f:
         return json.loads(f.read())
 
 
 @contextlib.contextmanager
-def local_progress(files: int, shards: int, parts: bool = False) -> Iterator[None]:
+def local_progress(files: int, shards: int | None, parts: bool = False) -> Iterator[None]:
     """Progress of a local run, from its worker processes' counters (see :mod:`preprocess.progress`)."""
     directory = tempfile.mkdtemp(prefix="preprocess-progress-")
     os.environ[PROGRESS_DIR_VARIABLE] = directory  # inherited by the local worker processes

@@ -9,14 +9,14 @@ manifest, so the manifest's counts are exact on every runner.
 Shuffles. Pairing emits, per document, its IsNext pairs, its random-next requests
 (segment A waiting for a B) and as many donor segments (B candidates) as requests.
 All three are keyed by a bucket taken from the top bits of a random 64-bit key and
-meet in one ``GroupByKey``: there a request draws a donor of another document from
+meet in one ``GroupByKey`` (buckets and shards are sized apart, :mod:`preprocess.sizing`): there a request draws a donor of another document from
 its bucket, and since requests and donors land in buckets at random, the donor is a
 random one from the whole split, not from a fixed partition. The same keys define
 the output order: buckets are contiguous key ranges, so sorting each bucket by key
 and offsetting by the row counts of earlier buckets (joined to each bucket) gives every row
 its global position, and shard ``s`` of ``S`` takes positions
 ``[s*N/S, (s+1)*N/S)``: shards differ by at most one row. A second ``GroupByKey``
-gathers each shard's rows for writing.
+gathers each shard's pieces for writing.
 
 The pipeline's shape is one every runner runs as written, Beam's Dask runner included:
 single-output ``ParDo`` s (several outputs are tagged records split by
@@ -26,9 +26,11 @@ that depends on every branch. :mod:`preprocess.runners` checks that shape before
 
 The tokens themselves do not travel through either ``GroupByKey``: pairing writes
 its blocks to files under ``--output/.parts/`` and shuffles references
-(:class:`SpilledBlocks`), and since bucket ``s`` holds nearly the rows of shard
-``s``, masking parks those in a file (:class:`ParkedRows`) and shuffles only the
-rows near its ends. ``.parts/`` is removed before the manifest is written.
+(:class:`SpilledBlocks`), and masking writes each bucket's rows for a shard to a file
+there (:class:`ParkedRows`), which the shard's writer reads in position order.
+``.parts/`` is removed before the manifest is written. What a worker holds at once is a
+batch of documents, a bucket, or a piece of a shard: sizes fixed by the options
+(:mod:`preprocess.sizing`), never by the corpus.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 from preprocess.config import PreprocessConfig
 from preprocess.input_parts import InputPart
 from preprocess.shards import FORMAT_NAME, FORMAT_VERSION, PARTS_DIR, RowSpec
+from preprocess.sizing import bucket_count
 from preprocess.stages.counting import STATS, SumStats
 from preprocess.stages.mask import MaskInstances
 from preprocess.stages.pair import CreatePairs
@@ -54,10 +57,12 @@ def build_pipeline(
     inputs: list[str] | list[InputPart],
     vocab: VocabInfo,
     tokenizer_threads: int | None = None,
+    text: int = 0,
 ) -> None:
     """Add the whole job to ``p``; the manifest is written after every shard.
 
     ``inputs``: the files, or the parts they are read in (:func:`~preprocess.input_parts.plan_parts`).
+    ``text``: the bytes of text they hold (:func:`~preprocess.sizing.text_bytes`), which sizes the buckets.
 
     ``tokenizer_threads``: threads per worker process for tokenization (None: the
     library's default, all cores), for local runs with several worker processes.
@@ -83,9 +88,9 @@ def build_pipeline(
         "whole_word_mask": str(cfg.whole_word_mask).lower(),
         "seed": str(cfg.seed),
     }
-    shard_counts = {"train": cfg.num_shards}
+    shares = {"train": 1 - cfg.validation_fraction}
     if cfg.validation_fraction > 0:
-        shard_counts["validation"] = cfg.validation_shards
+        shares["validation"] = cfg.validation_fraction
 
     parts = [x if isinstance(x, InputPart) else InputPart(i, x) for i, x in enumerate(inputs)]
     files = list(dict.fromkeys(part.path for part in parts))
@@ -96,12 +101,14 @@ def build_pipeline(
     )
     all_stats = [read[STATS], tokenized[STATS]]
     all_shards = []
-    for split, shards in shard_counts.items():
+    for split, share in shares.items():
+        buckets = bucket_count(text, share, cfg.dupe_factor)
         pairs = tokenized[split] | f"Pair[{split}]" >> CreatePairs(
-            split, cfg.pairing, cfg.dupe_factor, cfg.seed, shards, FileSystems.join(cfg.output, PARTS_DIR)
+            split, cfg.pairing, cfg.dupe_factor, cfg.seed, buckets, FileSystems.join(cfg.output, PARTS_DIR)
         )
+        sizing = cfg.shard_sizing(split, vocab.token_dtype.itemsize)
         masked = pairs["items"] | f"Mask[{split}]" >> MaskInstances(
-            cfg.output, split, row_spec, cfg.pairing.max_num_tokens, shards, pairs["counts"]
+            cfg.output, split, row_spec, cfg.pairing.max_num_tokens, sizing, pairs["counts"]
         )
         all_shards.append(
             masked["rows"] | f"Write[{split}]" >> WriteShards(cfg.output, split, vocab.token_dtype.name, metadata)
@@ -119,6 +126,6 @@ def build_pipeline(
         "vocab": {"fingerprint": vocab.fingerprint, "size": vocab.size, "token_dtype": vocab.token_dtype.name,
                   "file": "tokenizer.json" if spec.is_json else "vocab.txt", "lower_case": cfg.lower_case},
         "inputs": files,
-        "split_names": list(shard_counts),
+        "split_names": list(shares),
     }
     _ = {"shards": shard_list, "stats": stats} | "Manifest" >> WriteManifest(cfg.output, header)

@@ -135,9 +135,10 @@ def read_counters(directory: str) -> Counter:
 class JobMonitor(threading.Thread):
     """Polls the workers' counters once a second and shows files read, MB/s, documents, pairs, shards."""
 
-    def __init__(self, directory: str, files: int, shards: int, every: float = 30.0, stream: IO[str] | None = None,
-                 unit: str = "files"):
-        """``files``: the inputs read whole or in parts, ``unit`` says which."""
+    def __init__(self, directory: str, files: int, shards: int | None, every: float = 30.0,
+                 stream: IO[str] | None = None, unit: str = "files"):
+        """``files``: the inputs read whole or in parts, ``unit`` says which; ``shards``: None when the
+        count follows from the output's size (known once pairing ends)."""
         super().__init__(daemon=True)
         self.directory, self.shards = directory, shards
         self.progress = Progress(files, "preprocess", unit, stream=stream, every=every)
@@ -154,7 +155,7 @@ class JobMonitor(threading.Thread):
         rate = mb / max(1e-9, time.monotonic() - self.start_time)
         self.progress.update(c["files"], force, text=f"{mb:.1f} MB ({rate:.1f} MB/s)",
                              documents=f"{c['documents']:,}", pairs=f"{c['pairs']:,}",
-                             shards=f"{c['shards']}/{self.shards}")
+                             shards=f"{c['shards']}" + (f"/{self.shards}" if self.shards else ""))
 
     def stop(self) -> None:
         """Stop polling and show the final counts once."""

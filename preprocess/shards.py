@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -139,15 +140,92 @@ class ShardInfo:
     sha256: str
 
 
+class _Digest:
+    """A binary sink that passes its bytes on, counting and hashing them."""
+
+    def __init__(self, sink: BinaryIO):
+        self.sink, self.hash, self.size, self.closed = sink, hashlib.sha256(), 0, False
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        self.sink.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class ShardWriter:
+    """Rows in, one Arrow IPC file out, written as they come: record batches of
+    :data:`BATCH_ROWS` rows whatever the pieces' sizes, so the file's bytes depend on its rows
+    only, and what is held at once is one record batch, not the file.
+
+    ``path`` None: into memory (:func:`encode_shard`); else under a temporary name beside
+    ``path``, renamed by :meth:`close` (readers never see half a file).
+    """
+
+    def __init__(self, path: str | None, sch: pa.Schema):
+        from apache_beam.io.filesystems import FileSystems
+
+        self.path, self.schema = path, sch
+        self.tmp = f"{path}.tmp-{uuid.uuid4().hex}" if path else None
+        self._file = FileSystems.create(self.tmp) if self.tmp else pa.BufferOutputStream()
+        self._digest = _Digest(self._file) if self.tmp else None
+        self._writer = pa.ipc.new_file(pa.PythonFile(self._digest, mode="w") if self._digest else self._file, sch)
+        self._pending: list[pa.RecordBatch] = []
+        self._held = 0
+        self.rows = self.tokens = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        batch = batch.replace_schema_metadata(self.schema.metadata)
+        self._pending.append(batch)
+        self._held += batch.num_rows
+        self.rows += batch.num_rows
+        self.tokens += len(batch.column(0).flatten())
+        if self._held >= BATCH_ROWS:
+            self._write_pending(final=False)
+
+    def _write_pending(self, final: bool) -> None:
+        if not self._pending:
+            return
+        table = pa.Table.from_batches(self._pending, schema=self.schema).combine_chunks()
+        full = table.num_rows if final else table.num_rows - table.num_rows % BATCH_ROWS
+        for b in table.slice(0, full).to_batches(max_chunksize=BATCH_ROWS):
+            self._writer.write_batch(b)
+        rest = table.slice(full)
+        self._pending = rest.to_batches() if rest.num_rows else []
+        self._held = rest.num_rows
+
+    def close(self) -> tuple[int, str]:
+        """Finish the file; its size in bytes and sha256 (in memory: the bytes are :meth:`value`)."""
+        from apache_beam.io.filesystems import FileSystems
+
+        self._write_pending(final=True)
+        self._writer.close()
+        if self._digest is None:
+            data = self._file.getvalue()
+            return data.size, hashlib.sha256(data).hexdigest()
+        self._file.close()
+        if FileSystems.exists(self.path):
+            FileSystems.delete([self.path])
+        FileSystems.rename([self.tmp], [self.path])
+        return self._digest.size, self._digest.hash.hexdigest()
+
+    def value(self) -> bytes:
+        return self._file.getvalue().to_pybytes()
+
+
 def encode_shard(batches: list[pa.RecordBatch], sch: pa.Schema) -> bytes:
     """Serialise rows as one Arrow IPC file in record batches of ``BATCH_ROWS``."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, sch) as writer:
-        if batches:
-            table = pa.Table.from_batches(batches, schema=sch).combine_chunks()
-            for b in table.to_batches(max_chunksize=BATCH_ROWS):
-                writer.write_batch(b)
-    return sink.getvalue().to_pybytes()
+    writer = ShardWriter(None, sch)
+    for b in batches:
+        writer.write(b)
+    writer.close()
+    return writer.value()
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -165,8 +243,9 @@ def write_atomically(path: str, data: bytes) -> None:
 PARTS_DIR = ".parts"  # rows parked between masking and shard writing; removed before the manifest
 
 
-def part_name(split: str, index: int, count: int) -> str:
-    return f"{PARTS_DIR}/{split}-{index:05d}-of-{count:05d}.arrow"
+def part_name(split: str, bucket: int, shard: int) -> str:
+    """The file of the rows ``bucket`` gives shard ``shard``: the same name on a retry, which replaces it."""
+    return f"{PARTS_DIR}/{split}-bucket-{bucket:06d}-shard-{shard:05d}.arrow"
 
 
 def remove_parts(output: str) -> None:

@@ -1,14 +1,14 @@
-"""Stage 4, mask: a bucket's blocks -> masked rows, placed at their global position.
+"""Stage 4, mask: a bucket's blocks -> masked rows, placed at their global position, in files.
 
 :func:`mask_bucket` resolves the bucket's random-next requests with its donors,
 truncates, masks and sorts the rows by key; since buckets are key ranges, a row's global
 position is the rows of earlier buckets plus its rank in its own, and shard ``s`` of
-``S`` takes positions ``[s*N/S, (s+1)*N/S)``. Each bucket learns where it starts
-(:func:`placements`, from every bucket's row count) through a join with its blocks, not
-a side input: Beam's Dask runner recomputes a side input inside each task that reads it.
-Bucket ``s`` holds nearly the rows of shard ``s``: those stay in a file
-(:class:`ParkedRows`), and only the rows near its ends travel through the shuffle to the
-neighbouring shard's writer.
+``S`` takes positions ``[s*N/S, (s+1)*N/S)``. Each bucket learns where it starts and how
+many shards its split has (:func:`placements`, from every bucket's rows and tokens, see
+:mod:`preprocess.sizing`) through a join with its blocks, not a side input: Beam's Dask
+runner recomputes a side input inside each task that reads it. A bucket's rows go to one
+shard or a few; each run of them is written to a file as it is built (:class:`ParkedRows`),
+and only a reference travels to the shard's writer.
 """
 
 from __future__ import annotations
@@ -26,27 +26,40 @@ from preprocess import progress
 from preprocess.manifest import add_stats
 from preprocess.packed import DonorBlock, PairBlock, RequestBlock
 from preprocess.pairs import resolve_random_next, truncate_pairs
-from preprocess.shards import RowSpec, build_rows, encode_shard, part_name, write_atomically
+from preprocess.shards import RowSpec, ShardWriter, build_rows, part_name, schema
+from preprocess.sizing import ShardSizing, shard_count
 from preprocess.stages.counting import STATS, ByTag, increment
 from preprocess.stages.pair import Blocks, SpilledBlocks
 
 ROWS_PER_BUILD = 16384  # bounds the masking scratch memory per call
 
 
-def placements(counts: dict[int, int]) -> list[tuple[int, tuple[int, int]]]:
-    """Rows per bucket (before truncation, which drops no row) -> per bucket ``(first position, rows of the split)``."""
-    total, first, out = sum(counts.values()), 0, []
+def placements(counts: dict[int, tuple[int, int]], sizing: ShardSizing) -> list[tuple[int, tuple[int, int, int]]]:
+    """(rows, tokens) per bucket (before truncation, which drops no row) -> per bucket
+    ``(first position, rows of the split, shards of the split)``."""
+    total = sum(rows for rows, _ in counts.values())
+    shards = shard_count(total, sum(tokens for _, tokens in counts.values()), sizing)
+    first, out = 0, []
     for bucket in sorted(counts):
-        out.append((bucket, (first, total)))
-        first += counts[bucket]
+        out.append((bucket, (first, total, shards)))
+        first += counts[bucket][0]
     return out
 
 
-def mask_bucket(bucket: int, groups: list[Blocks], first: int, total: int, spec: RowSpec, max_num_tokens: int,
-                num_shards: int) -> Iterator[tuple[int, int, int, pa.RecordBatch] | dict[str, Any]]:
-    """Yields ``(shard, shards, first position, rows)`` pieces in position order, then the stats.
+def sum_counts(counts: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """Rows and tokens summed (associative: Beam may combine partial sums)."""
+    rows = tokens = 0
+    for r, t in counts:
+        rows, tokens = rows + r, tokens + t
+    return rows, tokens
 
-    ``first``: the position of the bucket's first row; ``total``: the rows of the split (:func:`placements`).
+
+def mask_bucket(bucket: int, groups: list[Blocks], first: int, total: int, shards: int, spec: RowSpec,
+                max_num_tokens: int) -> Iterator[tuple[int, int, pa.RecordBatch] | dict[str, Any]]:
+    """Yields ``(shard, first position, rows)`` pieces in position order, then the stats.
+
+    ``first``: the position of the bucket's first row; ``total``, ``shards``: the rows and shards
+    of the split (:func:`placements`).
     """
     resolved, unresolved = resolve_random_next(
         RequestBlock.concat([g[1] for g in groups]), DonorBlock.concat([g[2] for g in groups])
@@ -57,7 +70,6 @@ def mask_bucket(bucket: int, groups: list[Blocks], first: int, total: int, spec:
     increment(stats)
     if len(pairs):
         order = np.argsort(pairs.key, kind="stable")
-        shards = min(num_shards, total)
         for lo in range(0, len(pairs), ROWS_PER_BUILD):
             chunk = pairs.take(order[lo : lo + ROWS_PER_BUILD])
             batch, row_stats = build_rows(chunk, spec)
@@ -67,13 +79,13 @@ def mask_bucket(bucket: int, groups: list[Blocks], first: int, total: int, spec:
             for s in np.unique(shard_of).tolist():
                 idx = np.flatnonzero(shard_of == s)
                 # take() copies: a slice would drag (and pickle) the whole batch's buffers
-                yield int(s), shards, int(positions[idx[0]]), batch if len(idx) == len(batch) else batch.take(idx)
+                yield int(s), int(positions[idx[0]]), batch if len(idx) == len(batch) else batch.take(idx)
     yield stats
 
 
 @dataclass(frozen=True)
 class ParkedRows:
-    """Rows a bucket keeps for the shard of the same number, left in a file for its writer."""
+    """Rows a bucket gives one shard, left in a file for the shard's writer."""
 
     path: str
     rows: int
@@ -87,57 +99,60 @@ class ParkedRows:
 
 
 class _ResolveAndMaskFn(beam.DoFn):
-    def __init__(self, output: str, split: str, spec: RowSpec, max_num_tokens: int, num_shards: int):
-        self.output, self.split, self.spec = output, split, spec
-        self.max_num_tokens, self.num_shards = max_num_tokens, num_shards
+    def __init__(self, output: str, split: str, spec: RowSpec, max_num_tokens: int):
+        self.output, self.split, self.spec, self.max_num_tokens = output, split, spec, max_num_tokens
 
     def process(self, element: tuple[int, dict[str, Iterable[Any]]]):
         bucket, joined = element
         groups = [g.load() if isinstance(g, SpilledBlocks) else g for g in joined["blocks"]]
         place = next(iter(joined["place"]), None)
-        first, total = place if place else (0, 0)  # no place: a bucket of donors only
-        home: list[tuple[int, pa.RecordBatch]] = []
-        shards = 0
-        for piece in mask_bucket(bucket, groups, first, total, self.spec, self.max_num_tokens, self.num_shards):
+        first, total, shards = place if place else (0, 0, 0)  # no place: a bucket of donors only
+        parked: list[tuple[int, int, ParkedRows]] = []
+        writer, shard, position = None, -1, 0
+        for piece in mask_bucket(bucket, groups, first, total, shards, self.spec, self.max_num_tokens):
             if isinstance(piece, dict):
                 yield STATS, (self.split, piece)
                 continue
-            shard, shards, position, rows = piece
-            progress.report(pairs=rows.num_rows)
-            if shard == bucket:
-                home.append((position, rows))
-            else:
-                yield "rows", ((shard, shards), (position, rows))
-        if home:
-            yield "rows", ((bucket, shards), (home[0][0], self._park(bucket, shards, [b for _, b in home])))
+            if piece[0] != shard:  # the bucket's rows move on to the next shard
+                if writer:
+                    parked.append((shard, position, self._close(writer)))
+                shard, position, _ = piece
+                path = FileSystems.join(self.output, part_name(self.split, bucket, shard))
+                writer = ShardWriter(path, schema(np.dtype(self.spec.token_dtype)))
+            writer.write(piece[2])
+            progress.report(pairs=piece[2].num_rows)
+        if writer:
+            parked.append((shard, position, self._close(writer)))
+        for shard, position, rows in parked:
+            yield "rows", ((shard, shards), (position, rows))
         progress.flush()
 
-    def _park(self, shard: int, shards: int, batches: list[pa.RecordBatch]) -> ParkedRows:
-        path = FileSystems.join(self.output, part_name(self.split, shard, shards))
-        write_atomically(path, encode_shard(batches, batches[0].schema))
-        return ParkedRows(path, sum(b.num_rows for b in batches))
+    @staticmethod
+    def _close(writer: ShardWriter) -> ParkedRows:
+        writer.close()
+        return ParkedRows(writer.path, writer.rows)
 
 
 class MaskInstances(beam.PTransform):
     """Resolve random-next B segments, truncate, mask.
 
-    In: (bucket, blocks) items, and ``counts``: (bucket, rows) records, summed here.
-    Out: ``rows``: ((shard, shards), (position, rows or ParkedRows)); ``stats``.
+    In: (bucket, blocks) items, and ``counts``: (bucket, (rows, tokens)) records, summed here.
+    Out: ``rows``: ((shard, shards), (position, ParkedRows)); ``stats``.
     """
 
-    def __init__(self, output: str, split: str, spec: RowSpec, max_num_tokens: int, num_shards: int,
+    def __init__(self, output: str, split: str, spec: RowSpec, max_num_tokens: int, sizing: ShardSizing,
                  counts: beam.PCollection):
         super().__init__()
-        self.args = (output, split, spec, max_num_tokens, num_shards)
-        self.counts = counts
+        self.args = (output, split, spec, max_num_tokens)
+        self.sizing, self.counts = sizing, counts
 
     def expand(self, items: beam.PCollection):  # -> {tag: PCollection}, see ByTag.expand
         places = (
             self.counts
-            | "CountRows" >> beam.CombinePerKey(sum)
+            | "CountRows" >> beam.CombinePerKey(sum_counts)
             | "KeyAll" >> beam.Map(lambda bucket_rows: (0, bucket_rows))
             | "AllCounts" >> beam.GroupByKey()
-            | "Place" >> beam.FlatMap(lambda all_counts: placements(dict(all_counts[1])))
+            | "Place" >> beam.FlatMap(lambda all_counts, sizing: placements(dict(all_counts[1]), sizing), self.sizing)
         )
         return (
             {"blocks": items, "place": places}

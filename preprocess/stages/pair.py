@@ -42,9 +42,17 @@ def split_by_bucket(block: PairBlock | RequestBlock | DonorBlock, buckets: int) 
     return {int(v): block.take(order[a:b]) for v, a, b in zip(values, starts, ends)}
 
 
+def row_tokens(pairs: PairBlock, requests: RequestBlock, max_num_tokens: int) -> int:
+    """The tokens the rows of these pairs and requests will hold once framed and truncated (a
+    request at the length it asks of its B)."""
+    a = np.concatenate([pairs.a.lengths + pairs.b.lengths, requests.a.lengths + requests.target_b])
+    return int(np.minimum(a, max_num_tokens).sum()) + 3 * len(a)
+
+
 def pair_batch(docs: DocumentBatch, params: PairingParams, dupe_factor: int, seed: int,
-               buckets: int) -> tuple[list[tuple[int, Blocks]], list[tuple[int, int]], Counter]:
-    """A batch of documents -> per bucket its blocks, per bucket its row count, and counts."""
+               buckets: int) -> tuple[list[tuple[int, Blocks]], list[tuple[int, tuple[int, int]]], Counter]:
+    """A batch of documents -> per bucket its blocks, per bucket its rows and their tokens
+    (:func:`row_tokens`), and counts."""
     stats: Counter = Counter(documents=len(docs))
     plans = []
     lengths = docs.lengths.tolist()
@@ -63,7 +71,7 @@ def pair_batch(docs: DocumentBatch, params: PairingParams, dupe_factor: int, see
         q = by_bucket[1].get(bucket, RequestBlock.empty())
         d = by_bucket[2].get(bucket, DonorBlock.empty())
         if len(p) or len(q):
-            counts.append((bucket, len(p) + len(q)))
+            counts.append((bucket, (len(p) + len(q), row_tokens(p, q, params.max_num_tokens))))
         items.append((bucket, (p, q, d)))
     return items, counts, stats
 
@@ -121,7 +129,7 @@ class _PairFn(beam.DoFn):
 
 
 class CreatePairs(beam.PTransform):
-    """DocumentBatch -> ``items``: (bucket, (pairs, requests, donors)); ``counts``: (bucket, rows); ``stats``.
+    """DocumentBatch -> ``items``: (bucket, (pairs, requests, donors)); ``counts``: (bucket, (rows, tokens)); ``stats``.
 
     With ``spill_dir`` the blocks are written there and (bucket, SpilledBlocks) emitted.
     """

@@ -1,7 +1,7 @@
 """Stage 5, write: each shard's pieces -> one Arrow file; then, last, the manifest.
 
-:func:`shard_bytes` orders a shard's pieces by position and encodes them with the
-dataset's metadata; the manifest is written after every shard, by the pipeline's one
+:func:`write_shard` writes a shard's pieces in position order with the dataset's
+metadata, one piece in memory at a time; the manifest is written after every shard, by the pipeline's one
 final transform, which joins every shard's record with the summed stats under one key
 (and the ``.parts/`` scratch directory is removed just before it).
 """
@@ -13,51 +13,41 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from preprocess import progress
 from preprocess.manifest import MANIFEST_NAME, build_manifest, dumps, split_summary
-from preprocess.shards import (
-    ShardInfo,
-    checksum,
-    encode_shard,
-    remove_parts,
-    schema,
-    shard_name,
-    write_atomically,
-)
+from preprocess.shards import ShardInfo, ShardWriter, remove_parts, schema, shard_name, write_atomically
 from preprocess.stages.counting import NAMESPACE
 from preprocess.stages.mask import ParkedRows
 
 
-def shard_bytes(pieces: Iterable[tuple[int, pa.RecordBatch | ParkedRows]], token_dtype: str,
-                metadata: dict[str, str]) -> tuple[bytes, int, int]:
-    """The Arrow IPC file of a shard's pieces in position order; its bytes, rows and tokens."""
-    pieces = sorted(pieces, key=lambda x: x[0])
-    sch = schema(np.dtype(token_dtype), metadata)
-    batches = [b.replace_schema_metadata(sch.metadata) for _, rows in pieces
-               for b in ([rows] if isinstance(rows, pa.RecordBatch) else rows.load())]
-    rows = sum(b.num_rows for b in batches)
-    tokens = sum(len(b.column(0).flatten()) for b in batches)
-    return encode_shard(batches, sch), rows, tokens
+def write_shard(path: str, pieces: Iterable[tuple[int, ParkedRows]], token_dtype: str,
+                metadata: dict[str, str]) -> tuple[int, int, int, str]:
+    """The Arrow IPC file of a shard's pieces in position order, written piece by piece; its rows,
+    tokens, bytes and sha256."""
+    writer = ShardWriter(path, schema(np.dtype(token_dtype), metadata))
+    for _, rows in sorted(pieces, key=lambda x: x[0]):
+        for batch in rows.load():
+            writer.write(batch)
+    size, digest = writer.close()
+    return writer.rows, writer.tokens, size, digest
 
 
 class _WriteShardFn(beam.DoFn):
     def __init__(self, output: str, split: str, token_dtype: str, metadata: dict[str, str]):
         self.output, self.split, self.token_dtype, self.metadata = output, split, token_dtype, metadata
 
-    def process(self, element: tuple[tuple[int, int], Iterable[tuple[int, pa.RecordBatch | ParkedRows]]]):
+    def process(self, element: tuple[tuple[int, int], Iterable[tuple[int, ParkedRows]]]):
         (shard, shards), pieces = element
         meta = {**self.metadata, "split": self.split, "shard": str(shard), "shards": str(shards)}
-        data, rows, tokens = shard_bytes(pieces, self.token_dtype, meta)
         rel = shard_name(self.split, shard, shards)
-        write_atomically(FileSystems.join(self.output, rel), data)
+        rows, tokens, size, digest = write_shard(FileSystems.join(self.output, rel), pieces, self.token_dtype, meta)
         Metrics.counter(NAMESPACE, "shards_written").inc()
         progress.report(shards=1)
         progress.flush()
-        yield ShardInfo(rel, rows, tokens, len(data), checksum(data))
+        yield ShardInfo(rel, rows, tokens, size, digest)
 
 
 class WriteShards(beam.PTransform):

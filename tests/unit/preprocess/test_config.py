@@ -23,10 +23,21 @@ def test_every_bad_value_is_reported_at_once():
 def test_validation_gets_its_share_of_shards():
     cfg, _ = parse_args(["--input", "a", "--output", "o", "--vocab", "v", "--num-shards", "64",
                          "--validation-fraction", "0.01"])
-    assert cfg.validation_shards == 1
+    assert cfg.shard_sizing("validation", 2).count == 1 and cfg.shard_sizing("train", 2).count == 64
     cfg, _ = parse_args(["--input", "a", "--output", "o", "--vocab", "v", "--num-shards", "400",
                          "--validation-fraction", "0.05"])
-    assert cfg.validation_shards == 20
+    assert cfg.shard_sizing("validation", 2).count == 20
+
+
+def test_shards_are_sized_in_bytes_unless_counted():
+    cfg, _ = parse_args(["--input", "a", "--output", "o", "--vocab", "v"])
+    assert cfg.shard_sizing("train", 2).count is None and cfg.shard_size == 256 << 20
+    cfg, _ = parse_args(["--input", "a", "--output", "o", "--vocab", "v", "--shard-size", "1GiB"])
+    assert cfg.shard_sizing("validation", 4).size == 1 << 30
+    with pytest.raises(ConfigError, match="--shard-size 12x"):
+        parse_args(["--input", "a", "--output", "o", "--vocab", "v", "--shard-size", "12x"])
+    with pytest.raises(ConfigError, match="--shard-size 1KB: Input should be greater than or equal to 1048576"):
+        parse_args(["--input", "a", "--output", "o", "--vocab", "v", "--shard-size", "1KB"])
 
 
 def test_a_misspelt_option_fails_before_work_with_the_closest_name():
@@ -53,7 +64,7 @@ def test_help_shows_every_default_from_the_one_definition(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for name, field in PreprocessConfig.model_fields.items():
         assert flag_of(name) in text
-        if not field.is_required():
+        if not field.is_required() and field.default is not None:
             assert f"(default: {field.default})" in text, name
 
 
@@ -61,6 +72,7 @@ def test_the_manifest_config_section_keeps_its_keys():
     cfg, _ = parse_args(["--input", "a", "--output", "o", "--vocab", "v", "--max-line-bytes", "2048"])
     d = cfg.to_dict()
     assert set(d) == {"inputs", "output", "vocab", "lower_case", "max_seq_length", "dupe_factor", "num_shards", "seed",
+                      "shard_size",
                       "validation_fraction", "whole_word_mask", "masked_lm_prob", "max_predictions_per_seq",
                       "short_seq_prob", "input_format", "text_field", "language", "read"}
     assert d["read"] == {"input_format": "auto", "text_field": "text", "max_line_bytes": 2048,

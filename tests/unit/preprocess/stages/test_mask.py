@@ -7,8 +7,13 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from preprocess.pairs import PairingParams
-from preprocess.stages.mask import MaskInstances, mask_bucket, placements
+from preprocess.sizing import ShardSizing
+from preprocess.stages.mask import MaskInstances, ParkedRows, mask_bucket, placements
 from preprocess.stages.pair import CreatePairs, pair_batch
+
+
+def shards(count=None, size=1 << 20):
+    return ShardSizing(count, size, 2, 0.15, 5)
 
 from .helpers import docs, row_spec, rows_of
 
@@ -16,9 +21,9 @@ from .helpers import docs, row_spec, rows_of
 def test_mask_instances_resolves_random_next_and_balances_shards(vocab_file, tmp_path):
     params = PairingParams(max_seq_length=32, short_seq_prob=0.0)
     spec = row_spec(vocab_file)
-    with TestPipeline() as p:
-        pairs = p | beam.Create(docs()) | CreatePairs("train", params, 2, 7, 3)
-        rows = (pairs["items"] | MaskInstances(str(tmp_path), "train", spec, params.max_num_tokens, 3,
+    with TestPipeline() as p:  # 5 buckets, 3 shards: a shard gathers the rows of several buckets
+        pairs = p | beam.Create(docs()) | CreatePairs("train", params, 2, 7, 5)
+        rows = (pairs["items"] | MaskInstances(str(tmp_path), "train", spec, params.max_num_tokens, shards(3),
                                                pairs["counts"]))["rows"]
         tables = rows | beam.Map(lambda e: (e[0][0], rows_of(e[1][1])))
         per_shard = tables | beam.Map(lambda e: (e[0], e[1].num_rows)) | "SumRows" >> beam.CombinePerKey(sum)
@@ -37,8 +42,10 @@ def test_mask_instances_resolves_random_next_and_balances_shards(vocab_file, tmp
             return bool(np.all((a != b) == (nsp == 1)))
 
         assert_that(tables | beam.Map(negatives_ok) | beam.Filter(lambda ok: not ok), equal_to([]), label="nsp")
-        parked = rows | beam.Filter(lambda e: not isinstance(e[1][1], pa.RecordBatch)) | beam.combiners.Count.Globally()
-        assert_that(parked, equal_to([3]), label="parked")  # every bucket keeps most rows for its shard
+        inline = rows | beam.Filter(lambda e: not isinstance(e[1][1], ParkedRows))
+        assert_that(inline, equal_to([]), label="parked")  # rows travel as files, never through the shuffle
+        pieces = rows | beam.combiners.Count.Globally()
+        assert_that(pieces, equal_to([5 + 2]), label="pieces")  # a piece per bucket, two more where shards begin
 
 
 def test_mask_bucket_places_every_row_once_in_position_order(vocab_file):
@@ -46,24 +53,36 @@ def test_mask_bucket_places_every_row_once_in_position_order(vocab_file):
     spec = row_spec(vocab_file)
     planned = [pair_batch(b, params, 2, 7, 3) for b in docs()]
     groups = {b: [] for b in range(3)}
-    counts = {b: 0 for b in range(3)}
+    counts = {b: (0, 0) for b in range(3)}
     for items, bucket_counts, _ in planned:
         for bucket, blocks in items:
             groups[bucket].append(blocks)
-        for bucket, n in bucket_counts:
-            counts[bucket] += n
-    positions, stats = [], []
-    places = dict(placements(counts))
-    assert places == {0: (0, sum(counts.values())), 1: (counts[0], sum(counts.values())),
-                      2: (counts[0] + counts[1], sum(counts.values()))}
+        for bucket, (n, t) in bucket_counts:
+            counts[bucket] = (counts[bucket][0] + n, counts[bucket][1] + t)
+    positions, stats, tokens = [], [], 0
+    total = sum(n for n, _ in counts.values())
+    places = dict(placements(counts, shards(3)))
+    assert places == {0: (0, total, 3), 1: (counts[0][0], total, 3), 2: (counts[0][0] + counts[1][0], total, 3)}
     for bucket in range(3):
-        first, total = places[bucket]
-        for piece in mask_bucket(bucket, groups[bucket], first, total, spec, params.max_num_tokens, num_shards=3):
+        first, total, count = places[bucket]
+        for piece in mask_bucket(bucket, groups[bucket], first, total, count, spec, params.max_num_tokens):
             if isinstance(piece, dict):
                 stats.append(piece)
                 continue
-            shard, shards, first, rows = piece
-            assert shards == 3 and shard == first * 3 // sum(counts.values())
+            shard, first, rows = piece
+            assert shard == first * 3 // total
             positions += range(first, first + rows.num_rows)
-    assert positions == list(range(sum(counts.values())))  # every row once, in global order
-    assert sum(s["rows"] for s in stats) == sum(counts.values())
+            tokens += len(rows.column("input_ids").flatten())
+    assert positions == list(range(total))  # every row once, in global order
+    assert sum(s["rows"] for s in stats) == total
+    counted = sum(t for _, t in counts.values())  # a random B counted at the length asked of it
+    assert tokens <= counted <= 1.05 * tokens
+
+
+def test_the_shard_count_follows_the_size_of_the_output():
+    counts = {0: (600, 60_000), 1: (400, 40_000)}  # 100,000 tokens: ~250 KB of uint16 rows
+    assert {c for _, (_, _, c) in placements(counts, shards(size=1 << 20))} == {1}
+    one_shard = placements(counts, shards(size=1 << 30))
+    assert one_shard == [(0, (0, 1000, 1)), (1, (600, 1000, 1))]
+    assert {c for _, (_, _, c) in placements(counts, shards(count=7))} == {7}
+    assert placements({0: (2, 100)}, shards(count=7)) == [(0, (0, 2, 2))]  # never an empty shard

@@ -6,7 +6,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from preprocess.pairs import PairingParams
-from preprocess.stages.pair import CreatePairs, bucket_of, pair_batch
+from preprocess.stages.mask import sum_counts
+from preprocess.stages.pair import CreatePairs, bucket_of, pair_batch, row_tokens
 
 from .helpers import docs
 
@@ -24,7 +25,7 @@ def test_create_pairs_routes_items_to_key_buckets_and_counts_rows():
             return len(pairs) + len(requests)
 
         per_bucket = items | beam.Map(lambda e: (e[0], check(e))) | "SumItems" >> beam.CombinePerKey(sum)
-        summed = counts | "SumCounts" >> beam.CombinePerKey(sum)
+        summed = counts | "SumCounts" >> beam.CombinePerKey(sum_counts) | beam.MapTuple(lambda b, c: (b, c[0]))
         joined = ({"items": per_bucket, "counts": summed} | beam.CoGroupByKey()
                   | beam.Map(lambda kv: kv[1]["items"] == kv[1]["counts"]))
         assert_that(joined | beam.combiners.Count.Globally(), equal_to([4]), label="buckets")
@@ -61,6 +62,8 @@ def test_pair_batch_is_a_pure_function_of_its_inputs():
         assert bucket == bucket2 and all(np.array_equal(a.key, b.key) for a, b in zip(blocks, blocks2))
         for block in blocks:
             assert (bucket_of(block.key, 4) == bucket).all()  # each block sits in its key's bucket
-    assert dict(counts) == {b: len(p) + len(q) for b, (p, q, _) in items if len(p) or len(q)}
+    assert dict(counts) == {b: (len(p) + len(q), row_tokens(p, q, params.max_num_tokens))
+                            for b, (p, q, _) in items if len(p) or len(q)}
+    assert all(t > 3 * n for n, t in dict(counts).values())
     other, _, _ = pair_batch(batch, params, dupe_factor=2, seed=8, buckets=4)
     assert not np.array_equal(items[0][1][0].key, other[0][1][0].key)  # the seed decides the keys
