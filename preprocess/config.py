@@ -63,9 +63,9 @@ class PreprocessConfig(BaseModel):
         "auto", description="auto: by extension: .jsonl/.ndjson/.json JSON Lines, .parquet/.pq Parquet, .xml a "
         "MediaWiki dump (Wikipedia's pages-articles), the rest text; all but Parquet optionally compressed")
     text_field: str = Field("text", description="JSON Lines field or Parquet column holding the document text")
-    input_part_bytes: int = Field(PART_BYTES, ge=4096, description="Parquet files and MediaWiki dumps larger "
-                                  "than this are read in parts of about this size by several workers (the same "
-                                  "output for any size)")
+    input_part_bytes: int = Field(PART_BYTES, ge=4096, description="inputs larger than this (uncompressed text "
+                                  "and JSON Lines, Parquet, MediaWiki dumps) are read in parts of about this size "
+                                  "by several workers (the same output for any size)")
     language: str = Field("en", description="language code for sentence segmentation")
     max_line_bytes: int = Field(ReadParams.max_line_bytes, ge=1024, description="longer lines are cut at whitespace")
     max_document_bytes: int = Field(ReadParams.max_document_bytes, ge=1024,

@@ -91,16 +91,16 @@ def document_source(doc_id: int) -> tuple[int, int]:
 
 
 def iter_lines(
-    stream: BinaryIO, max_line_bytes: int, stats: Counter, chunk_size: int = 1 << 20
+    stream: BinaryIO, max_line_bytes: int, stats: Counter, chunk_size: int = 1 << 20, base: int = 0
 ) -> Iterator[tuple[int, bytes, bool]]:
     """(offset, line without newline, cut) for each line; lines over the cap come in pieces.
 
     ``cut`` is True for a piece that the line continues after (the cut is counted).
+    ``base``: the offset in its file of the stream's first byte.
     Memory stays bounded by ``chunk_size + max_line_bytes`` whatever the input, so a
     50 MB line costs no more than a short one.
     """
-    buf = bytearray()
-    base = 0  # file offset of buf[0]
+    buf = bytearray()  # base: file offset of buf[0]
     eof = False
     while True:
         nl = buf.find(b"\n")
@@ -183,7 +183,7 @@ class _PeekStream:
 def read_documents(
     stream: BinaryIO, file_index: int, fmt: str, params: ReadParams, stats: Counter
 ) -> Iterator[Document]:
-    """Documents of one open file; counts what it skips into ``stats``."""
+    """Documents of one open file (or of the first part of one); counts what it skips into ``stats``."""
     peek = _PeekStream(stream, 8192)
     head = peek.head
     if head.startswith(b"\xef\xbb\xbf"):
@@ -206,11 +206,75 @@ def read_documents(
         yield from _text_documents(peek, file_index, params, stats)
 
 
-def _text_documents(stream, file_index: int, params: ReadParams, stats: Counter) -> Iterator[Document]:
+def read_line_part(raw: BinaryIO, file_index: int, fmt: str, params: ReadParams, stats: Counter, start: int,
+                   stop: int | None) -> Iterator[Document]:
+    """Documents of the part ``[start, stop)`` of an uncompressed text or JSON Lines file (``raw``: seekable).
+
+    A part reads from the first document boundary at or after ``start`` to the first at or after
+    ``stop`` (:func:`_next_boundary`), so consecutive parts meet at the same boundary and every
+    document is read once, with the id and lines the whole file's reading gives it. The first part
+    checks the file's start (empty, binary) and counts it; the others skip a file it rules out.
+    """
+    size = raw.seek(0, 2)
+    end = size if stop is None or stop >= size else _next_boundary(raw, stop, fmt, params)
+    begin = 0 if start == 0 else _next_boundary(raw, start, fmt, params)
+    if begin >= end:
+        return
+    if start == 0:
+        raw.seek(0)
+        yield from read_documents(_Window(raw, end), file_index, fmt, params, stats)
+        return
+    raw.seek(0)
+    head = raw.read(8192).removeprefix(b"\xef\xbb\xbf")
+    if not head or looks_binary(head):
+        return  # counted by the first part
+    raw.seek(begin)
+    read = _jsonl_documents if fmt == "jsonl" else _text_documents
+    yield from read(_Window(raw, end - begin), file_index, params, stats, base=begin)
+
+
+def _next_boundary(raw: BinaryIO, pos: int, fmt: str, params: ReadParams) -> int:
+    """The first place at or after ``pos`` where the whole file's reading starts a document afresh
+    (the file's size if none): for JSON Lines the next line; for text the first non-blank line
+    after a blank one. Lines are cut and judged blank exactly as the reader does, from a line start."""
+    size = raw.seek(0, 2)
+    raw.seek(pos - 1)
+    cap = params.max_json_line_bytes if fmt == "jsonl" else params.max_line_bytes
+    scratch: Counter = Counter()
+    lines = iter_lines(_Window(raw, size - pos + 1), cap, scratch)
+    for _, _, cut in lines:  # the rest of the line byte pos - 1 is in (its pieces, if cut)
+        if not cut:
+            break
+    after_blank = False
+    for offset, line, cut in lines:
+        at = pos - 1 + offset
+        if fmt == "jsonl":
+            return at
+        blank = not decode_line(line, scratch).strip()
+        if after_blank and not blank:
+            return at
+        after_blank = blank
+    return size
+
+
+class _Window:
+    """The next ``length`` bytes of a stream."""
+
+    def __init__(self, stream: BinaryIO, length: int):
+        self.stream, self.left = stream, length
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.stream.read(n) if n else b""
+        self.left -= len(data)
+        return data
+
+
+def _text_documents(stream, file_index: int, params: ReadParams, stats: Counter, base: int = 0) -> Iterator[Document]:
     lines: list[str] = []
     start = 0
     size = 0
-    for offset, raw, _ in iter_lines(stream, params.max_line_bytes, stats):
+    for offset, raw, _ in iter_lines(stream, params.max_line_bytes, stats, base=base):
         if offset == 0 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         line = decode_line(raw, stats).strip()
@@ -231,10 +295,11 @@ def _text_documents(stream, file_index: int, params: ReadParams, stats: Counter)
         yield from _emit(file_index, start, lines, stats)
 
 
-def _jsonl_documents(stream, file_index: int, params: ReadParams, stats: Counter) -> Iterator[Document]:
+def _jsonl_documents(stream, file_index: int, params: ReadParams, stats: Counter, base: int = 0
+                     ) -> Iterator[Document]:
     cut_stats: Counter = Counter()  # cuts of JSON lines are skips, not line splits
     skipping = False
-    for offset, raw, cut in iter_lines(stream, params.max_json_line_bytes, cut_stats):
+    for offset, raw, cut in iter_lines(stream, params.max_json_line_bytes, cut_stats, base=base):
         if cut or skipping:
             if not skipping:
                 stats["json_line_too_long"] += 1

@@ -51,6 +51,8 @@ class InputPart(NamedTuple):
 def splittable(path: str, fmt: str) -> bool:
     """Whether a file of this format and name can be read in parts."""
     name = path.lower()
+    if fmt in ("text", "jsonl"):
+        return not name.endswith((".gz", ".bz2", ".zst", ".deflate"))
     return fmt == "parquet" or (fmt == "mediawiki" and (name.endswith(".bz2") or name.endswith(".xml")))
 
 

@@ -14,7 +14,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 
-from preprocess.documents import COMPRESSED, Document, ReadParams, open_input, read_documents
+from preprocess.documents import COMPRESSED, Document, ReadParams, open_input, read_documents, read_line_part
 from preprocess.input_parts import dump_part
 from preprocess.parquet_input import parquet_documents
 
@@ -61,6 +61,9 @@ def read_file(
         elif start == 0 and stop is None:
             with open_input(path) as f:
                 yield from read_documents(f, file_index, fmt, params, stats)
+        elif fmt in ("text", "jsonl"):  # a part of an uncompressed file
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+                yield from read_line_part(raw, file_index, fmt, params, stats, start, stop)
         else:  # a part of a dump
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
                 part = dump_part(raw, start, stop, compressed=path.lower().endswith(".bz2"))

@@ -11,8 +11,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 
 import apache_beam as beam
@@ -33,7 +35,7 @@ from preprocess.runners import (
     pipeline_options,
     run_on_dask,
 )
-from preprocess.shards import remove_parts
+from preprocess.shards import PARTS_DIR, remove_parts
 from preprocess.sizing import text_bytes
 from preprocess.tokenization import (
     TokenizerSpec,
@@ -151,6 +153,17 @@ def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
     save_vocab_copy(spec, cfg.output)
     log.info("preprocessing %d input files%s into %s", len(files),
              f" (read in {len(parts)} parts)" if len(parts) > len(files) else "", cfg.output)
+    try:
+        _run_pipeline(cfg, parts, len(files), vocab, opts, runner, text)
+    except BaseException:  # failed, interrupted or stopped: no manifest was written; the scratch goes too
+        remove_parts(cfg.output)
+        raise
+    with FileSystems.open(FileSystems.join(cfg.output, MANIFEST_NAME)) as f:
+        return json.loads(f.read())
+
+
+def _run_pipeline(cfg: PreprocessConfig, parts: list[InputPart], files: int, vocab: VocabInfo,
+                  opts: PipelineOptions, runner: object | None, text: int) -> None:
     if is_dask(opts):  # a distributed runner shows progress in its own console (Dask: its dashboard)
         with dask_cluster(opts, len(parts)):
             run_on_dask(job_pipeline(cfg, parts, vocab, opts, text=text))
@@ -158,12 +171,10 @@ def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
         job_pipeline(cfg, parts, vocab, opts, text=text).run().wait_until_finish()
     else:
         p = job_pipeline(cfg, parts, vocab, opts, runner, local_tokenizer_threads(opts), text)
-        shards = None if cfg.num_shards is None else sum(
-            cfg.shard_sizing(split, 2).count for split in ("train", "validation")[: 1 + (cfg.validation_fraction > 0)])
-        with local_progress(len(parts), shards, len(parts) > len(files)):
+        splits = ("train", "validation") if cfg.validation_fraction > 0 else ("train",)
+        shards = None if cfg.num_shards is None else sum(cfg.shard_sizing(s, 2).count for s in splits)
+        with local_progress(len(parts), shards, len(parts) > files):
             p.run().wait_until_finish()
-    with FileSystems.open(FileSystems.join(cfg.output, MANIFEST_NAME)) as f:
-        return json.loads(f.read())
 
 
 @contextlib.contextmanager
@@ -190,6 +201,10 @@ def summary(manifest: dict) -> str:
             f"NotNext {st['next_sentence_random_fraction']:.3f}, masked {st['masked_fraction']:.3f}, "
             f"[UNK] {st['unk_rate']:.4f}, truncated tokens {st.get('tokens_truncated', 0):,}"
         )
+    scratch = manifest.get("scratch")
+    if scratch:
+        lines.append(f"scratch: {scratch['peak_bytes'] / 1e6:,.1f} MB under {PARTS_DIR}/ at its largest, "
+                     f"{scratch['ratio']:.2f}x the output's {scratch['output_bytes'] / 1e6:,.1f} MB (removed)")
     docs = manifest["documents"]
     skipped = {k: v for k, v in docs.items() if k.startswith(SKIP_PREFIXES) and v}
     lines.append(
@@ -219,6 +234,16 @@ def not_in_ipython() -> None:
         sys.modules["IPython"] = None  # type: ignore[assignment]
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (Slurm's time limit, ``scancel``, a pod's eviction) ends the job as Ctrl-C does: through
+    its clean-up (the scratch directory removed, a local cluster closed), with status 143."""
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     from preprocess import logs
     from preprocess.config import parse_args
@@ -226,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in argv
     logs.setup(verbose)
+    stop_on_sigterm()
     try:
         cfg, beam_args = parse_args(argv)
         manifest = run(cfg, beam_args if verbose else beam_args + quiet_workers(beam_args))

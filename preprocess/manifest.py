@@ -65,7 +65,11 @@ def build_manifest(
     inputs: list[str],
     documents: dict[str, int],
     splits: dict[str, dict[str, Any]],
+    scratch: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``scratch``: the ``.parts/`` space the job used at its largest, against the output's bytes (all
+    that is written there stays until the end); it depends on how the inputs were cut in parts, the
+    one figure that does."""
     return seal({
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -74,6 +78,7 @@ def build_manifest(
         "inputs": inputs,
         "documents": dict(sorted(documents.items())),
         "splits": splits,
+        **({"scratch": scratch} if scratch is not None else {}),
     })
 
 

@@ -26,8 +26,9 @@ wrongly without a word. :func:`check_dask_shape` refuses those before any work:
 
 Metrics are not implemented by that runner (counts reach the manifest through the data),
 and ``Create`` puts up to 128 elements in one partition unless ``--dask_npartitions`` is
-set, which :func:`run_on_dask` does: one partition per input file, at most
-:data:`PARTITIONS_PER_THREAD` per worker thread of the cluster.
+set, which :func:`run_on_dask` does: one partition per input part. Every ``ParDo`` keeps
+its input's partitions and holds a partition's whole output at once, so a partition's size,
+not the corpus, is what a worker holds: parts are cut by size (``--input-part-bytes``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ from preprocess.config import ConfigError
 log = logging.getLogger("preprocess")
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 DASK_NAMES = ("dask", "daskrunner", DASK_RUNNER.lower())
-PARTITIONS_PER_THREAD = 4
 
 
 def pipeline_options(beam_args: list[str]) -> tuple[PipelineOptions, object | None]:
@@ -214,9 +214,9 @@ def _dask_options(opts: PipelineOptions) -> object:
 
 
 @contextlib.contextmanager
-def dask_cluster(opts: PipelineOptions, files: int) -> Iterator[None]:
-    """Point ``opts`` at the cluster they name, or at a local one started for this job, and size
-    the input partitions to it. Set before the pipeline is made (a pipeline copies its options).
+def dask_cluster(opts: PipelineOptions, parts: int) -> Iterator[None]:
+    """Point ``opts`` at the cluster they name, or at a local one started for this job, with one
+    partition per input part. Set before the pipeline is made (a pipeline copies its options).
 
     A local cluster has one single-threaded worker process per core, so the tokenizer in
     each runs one thread (:func:`preprocess.stages.tokenize.dask_worker_threads`).
@@ -237,8 +237,8 @@ def dask_cluster(opts: PipelineOptions, files: int) -> Iterator[None]:
             if logs.is_quiet():  # workers import Beam, which logs a notice on import
                 client.register_plugin(_quiet_worker(), name="bert-pipeline-quiet")
         if not dask.npartitions and not dask.partition_size:
-            dask.npartitions = max(1, min(files, PARTITIONS_PER_THREAD * threads))
-        log.info("Dask runner: %d worker threads; the input files in %s partitions", threads,
+            dask.npartitions = max(1, parts)
+        log.info("Dask runner: %d worker threads; the input parts in %s partitions", threads,
                  dask.npartitions or f"{dask.partition_size}-file")
         yield
     finally:

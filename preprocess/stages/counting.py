@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 from preprocess.manifest import add_stats
 
 STATS = "stats"  # the tag of the stats output of every stage
+SCRATCH = "scratch"  # the stats group of the bytes written under .parts/
 NAMESPACE = "preprocess"
 
 

@@ -28,7 +28,7 @@ from preprocess.packed import DonorBlock, PairBlock, RequestBlock
 from preprocess.pairs import resolve_random_next, truncate_pairs
 from preprocess.shards import RowSpec, ShardWriter, build_rows, part_name, schema
 from preprocess.sizing import ShardSizing, shard_count
-from preprocess.stages.counting import STATS, ByTag, increment
+from preprocess.stages.counting import SCRATCH, STATS, ByTag, increment
 from preprocess.stages.pair import Blocks, SpilledBlocks
 
 ROWS_PER_BUILD = 16384  # bounds the masking scratch memory per call
@@ -89,6 +89,7 @@ class ParkedRows:
 
     path: str
     rows: int
+    size: int  # bytes
 
     def load(self) -> list[pa.RecordBatch]:
         with FileSystems.open(self.path) as f:
@@ -125,12 +126,14 @@ class _ResolveAndMaskFn(beam.DoFn):
             parked.append((shard, position, self._close(writer)))
         for shard, position, rows in parked:
             yield "rows", ((shard, shards), (position, rows))
+        if parked:
+            yield STATS, (SCRATCH, {"bytes": sum(rows.size for _, _, rows in parked)})
         progress.flush()
 
     @staticmethod
     def _close(writer: ShardWriter) -> ParkedRows:
-        writer.close()
-        return ParkedRows(writer.path, writer.rows)
+        size, _ = writer.close()
+        return ParkedRows(writer.path, writer.rows, size)
 
 
 class MaskInstances(beam.PTransform):

@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from preprocess.packed import DocumentBatch, DonorBlock, PairBlock, RequestBlock, offsets_of
 from preprocess.pairs import DocumentPlan, PairingParams, plan_blocks, plan_document
-from preprocess.stages.counting import STATS, ByTag, count
+from preprocess.stages.counting import SCRATCH, STATS, ByTag, count
 
 Blocks = tuple[PairBlock, RequestBlock, DonorBlock]
 
@@ -123,7 +123,10 @@ class _PairFn(beam.DoFn):
         items, counts, stats = pair_batch(docs, self.params, self.dupe_factor, self.seed, self.buckets)
         for c in counts:
             yield "counts", c
-        for item in spill(items, self.spill_dir, self.split) if self.spill_dir else items:
+        if self.spill_dir:
+            items = spill(items, self.spill_dir, self.split)
+            yield count({"bytes": sum(ref.size for _, ref in items)}, SCRATCH)
+        for item in items:
             yield "items", item
         yield count(stats, self.split)
 

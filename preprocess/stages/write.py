@@ -19,7 +19,7 @@ from apache_beam.metrics import Metrics
 from preprocess import progress
 from preprocess.manifest import MANIFEST_NAME, build_manifest, dumps, split_summary
 from preprocess.shards import ShardInfo, ShardWriter, remove_parts, schema, shard_name, write_atomically
-from preprocess.stages.counting import NAMESPACE
+from preprocess.stages.counting import NAMESPACE, SCRATCH
 from preprocess.stages.mask import ParkedRows
 
 
@@ -65,7 +65,11 @@ def manifest_of(header: dict[str, Any], shards: list[ShardInfo], stats: dict[str
     for split in header["split_names"]:
         mine = [s for s in shards if s.path.startswith(split + "/")]
         splits[split] = split_summary(mine, stats.get(split, {}))
-    return build_manifest(header["config"], header["vocab"], header["inputs"], stats.get("documents", {}), splits)
+    scratch = stats.get(SCRATCH, {}).get("bytes", 0)
+    output = sum(s.bytes for s in shards)
+    return build_manifest(header["config"], header["vocab"], header["inputs"], stats.get("documents", {}), splits,
+                          {"peak_bytes": scratch, "output_bytes": output, "ratio": round(scratch / output, 3)
+                           if output else 0.0})
 
 
 class _WriteManifestFn(beam.DoFn):

@@ -4,6 +4,7 @@ import bz2
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,6 +80,48 @@ def test_same_input_and_seed_give_identical_bytes_for_1_and_2_workers(corpus_dir
     assert c["train/shard-00000-of-00005.arrow"] != a["train/shard-00000-of-00005.arrow"]
 
 
+def without_scratch(manifest: bytes) -> dict:
+    """A manifest less the one figure that depends on how the inputs were cut in parts."""
+    m = json.loads(manifest)
+    assert m.pop("scratch")["peak_bytes"] > 0
+    return {k: v for k, v in m.items() if k != "checksum"}
+
+
+def start_and_stop(argv: list[str], out: Path, sig: signal.Signals) -> int:
+    """Start the job in a process of its own, send ``sig`` once it has written scratch files; its exit status."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "preprocess", *argv], env=env, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any((out / ".parts").glob("*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the job ended before it could be stopped"
+    if sig == signal.SIGKILL:  # as the machine's end would: the launcher and its workers at once
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    return proc.wait(timeout=120)
+
+
+def test_a_stopped_or_killed_job_leaves_no_dataset_and_a_rerun_completes_it(corpus_docs, vocab_file, tmp_path):
+    write_corpus(tmp_path / "corpus", corpus_docs * 6, files=4)
+    out = tmp_path / "out"
+    argv = ["--input", str(tmp_path / "corpus" / "*.txt"), "--output", str(out), "--vocab", vocab_file,
+            "--max-seq-length", "64", "--dupe-factor", "2", "--direct_num_workers=2"]
+    # SIGTERM (Slurm's time limit, scancel): the job stops through its clean-up, scratch removed
+    assert start_and_stop(argv, out, signal.SIGTERM) == 143
+    assert not (out / "manifest.json").exists() and not (out / ".parts").exists()
+    assert not list(out.rglob("*.arrow"))
+    # SIGKILL: nothing can clean up; no manifest, so nothing reads it as a dataset
+    assert start_and_stop(argv, out, signal.SIGKILL) == -signal.SIGKILL
+    assert not (out / "manifest.json").exists() and any((out / ".parts").glob("*"))
+    # the same command again, into the same directory: the dataset a clean run makes
+    cli("preprocess", *argv)
+    cli("preprocess", *[a if a != str(out) else str(tmp_path / "clean") for a in argv])
+    a, b = files_of(out), files_of(tmp_path / "clean")
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a) and "manifest.json" in a
+
+
 def _tokenizer_pool_size(vocab_file: str) -> str:
     from preprocess.stages.tokenize import _TokenizeFn
     from preprocess.tokenization import TokenizerSpec
@@ -98,20 +141,23 @@ def nsp_contract(out: Path) -> list[dict]:
     return rows
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "mediawiki"])
-def test_parquet_and_wikipedia_dumps_give_identical_bytes_for_1_and_2_workers_and_any_part_size(
-        fmt, parquet_corpus, wiki_corpus, corpus_docs, vocab_file, tmp_path, capsys):
+@pytest.mark.parametrize("fmt", ["parquet", "mediawiki", "text"])
+def test_text_parquet_and_wikipedia_dumps_give_identical_bytes_for_1_and_2_workers_and_any_part_size(
+        fmt, parquet_corpus, wiki_corpus, corpus_dir, corpus_docs, vocab_file, tmp_path, capsys):
     from tests.wiki_dump import plain_documents
 
-    # a Parquet dataset given as its directory, the dumps as a glob
-    inputs = [str(parquet_corpus)] if fmt == "parquet" else [str(wiki_corpus / "*")]
+    # a Parquet dataset given as its directory, the dumps and text files as globs
+    inputs = {"parquet": [str(parquet_corpus)], "mediawiki": [str(wiki_corpus / "*")],
+              "text": [str(corpus_dir / "*.txt")]}[fmt]
     args = ("--max-seq-length", "96", "--dupe-factor", "2", "--num-shards", "3", "--validation-fraction", "0.05")
     one = run_job(inputs, tmp_path / "one", vocab_file, *args, workers=1)
-    # two workers, and every file read in parts of 16 KB (row groups, bz2 streams, pages) by both
+    # two workers, and every file read in parts of 16 KB (row groups, bz2 streams, pages, blank-line
+    # separated documents) by both
     run_job(inputs, tmp_path / "two", vocab_file, *args, "--input-part-bytes", "16384", workers=2)
     assert "file parts" in capsys.readouterr().err
     a, b = files_of(tmp_path / "one"), files_of(tmp_path / "two")
-    assert a.keys() == b.keys() and len(a) == 3 + 1 + 2 and all(a[k] == b[k] for k in a)
+    assert a.keys() == b.keys() and len(a) == 3 + 1 + 2 and all(a[k] == b[k] for k in a if k != "manifest.json")
+    assert without_scratch(a["manifest.json"]) == without_scratch(b["manifest.json"])
     docs = one["documents"]
     assert docs["documents_used"] == docs["documents_read"]
     rows = nsp_contract(tmp_path / "one")
@@ -120,6 +166,10 @@ def test_parquet_and_wikipedia_dumps_give_identical_bytes_for_1_and_2_workers_an
         assert docs["documents_read"] == len(corpus_docs) and docs["parquet_null_text"] == 3
         sizes = [(len(corpus_docs) - i + 2) // 3 for i in range(3)]
         assert all(f < 3 and row < sizes[f] for f, row in sources)
+    elif fmt == "text":  # (file, byte offset): where the document starts in its file
+        assert docs["documents_read"] == len(corpus_docs)
+        texts = {i: p.read_bytes() for i, p in enumerate(sorted(corpus_dir.glob("*.txt")))}
+        assert all(offset == 0 or texts[f][offset - 2 : offset] == b"\n\n" for f, offset in sources)
     else:  # (file, page id): articles only; talk pages and redirects counted
         plain = plain_documents(corpus_docs)
         talk, redirects = sum(i % 10 == 9 for i in range(len(plain))), sum(i % 10 != 9 and i % 7 == 6

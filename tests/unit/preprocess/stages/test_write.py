@@ -19,8 +19,8 @@ def park(path, batch):
     """Rows in a file, as masking leaves them for a shard's writer."""
     writer = ShardWriter(str(path), schema(np.dtype("uint16")))
     writer.write(batch)
-    writer.close()
-    return ParkedRows(str(path), batch.num_rows)
+    size, _ = writer.close()
+    return ParkedRows(str(path), batch.num_rows, size)
 
 
 def test_write_shards_writes_arrow_files_atomically(tmp_path, vocab_file):
