@@ -127,3 +127,63 @@ def test_the_jobs_own_pipeline_has_the_shape_the_dask_runner_runs(vocab_file, tm
     spec = TokenizerSpec(vocab_file)
     opts, _ = pipeline_options(beam_args)
     check_dask_shape(job_pipeline(cfg, ["x.txt"], vocab_info(build_tokenizer(spec), spec), opts))
+
+
+def new_mappings_after_allocating() -> int:
+    """glibc's mmapped chunks (``malloc_info``'s count) that allocating five 1 MiB buffers adds."""
+    import ctypes
+    import re
+    import tempfile
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+    libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]
+
+    def mmapped() -> int:
+        with tempfile.NamedTemporaryFile("r") as out:
+            f = libc.fopen(out.name.encode(), b"w")
+            libc.malloc_info(0, f)
+            libc.fclose(f)
+            return int(re.search(r'<total type="mmap" count="(\d+)"', out.read()).group(1))
+
+    before = mmapped()
+    keep = [bytearray(1 << 20) for _ in range(5)]
+    return mmapped() - before + 0 * len(keep)
+
+
+GLIBC = os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") or os.path.exists("/lib64/libc.so.6")
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_dask_workers_get_glibcs_allocation_thresholds_back():
+    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which pins glibc's mmap threshold
+    at 128 KiB: every 1 MiB array is a fresh mapping. Restored, arrays of that size come from the heap."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    script = ("import sys; from preprocess.runners import restore_malloc_thresholds as r; "
+              "from tests.unit.preprocess.test_runners import new_mappings_after_allocating as n; "
+              "assert sys.argv[1] != 'restore' or r(); print(n())")
+
+    def new_mappings(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True,
+                             check=True, cwd=os.path.dirname(__file__) + "/../../..")
+        return int(out.stdout.split()[-1])
+
+    assert new_mappings("as-dask-starts-it") == 5
+    assert new_mappings("restore") == 0
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_the_jobs_worker_plugin_restores_them_on_a_dask_worker():
+    from distributed import Client, LocalCluster
+
+    from preprocess.runners import _worker_setup
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            assert list(client.run(new_mappings_after_allocating).values()) == [5]  # as Dask starts a worker
+            client.register_plugin(_worker_setup(quiet=False), name="bert-pipeline-worker")
+            assert list(client.run(new_mappings_after_allocating).values()) == [0]
