@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import shlex
@@ -272,6 +273,34 @@ def restore_malloc_thresholds() -> bool:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
 
 
+def release_bundle_outputs() -> None:
+    """Let a Dask worker free each ParDo's outputs once the next task has them.
+
+    Beam's Dask runner runs a ``DoFn`` over a partition in ``apply_dofn_to_bundle``, which
+    collects the outputs in a receiver that is one of the task's own arguments, and returns a new
+    list of them. The worker keeps a task's arguments while the job runs, so every ParDo's
+    whole output stayed alive in the receiver: all the corpus's documents, sentences and token
+    batches, on the workers that read them (measured: 530 MB of them, pickled, at the end of a
+    100 MB job on one worker). Here the receiver is emptied once the list is made; the task's
+    result, the list, is freed by Dask as usual. Applied in each worker process, before any task.
+    """
+    from apache_beam.runners.dask import transform_evaluator
+
+    original = transform_evaluator.apply_dofn_to_bundle
+    if getattr(original, "releases_outputs", False):
+        return
+
+    @functools.wraps(original)
+    def apply_dofn_to_bundle(items, do_fn_invoker_args, do_fn_invoker_kwargs, tagged_receivers):  # noqa: ANN
+        try:
+            return original(items, do_fn_invoker_args, do_fn_invoker_kwargs, tagged_receivers)
+        finally:
+            tagged_receivers.values.clear()
+
+    apply_dofn_to_bundle.releases_outputs = True  # type: ignore[attr-defined]
+    transform_evaluator.apply_dofn_to_bundle = apply_dofn_to_bundle
+
+
 def _worker_setup(quiet: bool) -> object:
     """A Dask worker plugin: glibc's allocation thresholds back (:func:`restore_malloc_thresholds`) and,
     when ``quiet``, the filters :func:`preprocess.logs.setup` sets here (workers import Beam, which logs
@@ -281,6 +310,7 @@ def _worker_setup(quiet: bool) -> object:
     class WorkerSetup(WorkerPlugin):
         def setup(self, worker: object) -> None:
             restore_malloc_thresholds()
+            release_bundle_outputs()
             if quiet:
                 logs.drop_beam_import_notice()
 

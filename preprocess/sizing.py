@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-BUCKET_TEXT_BYTES = 64 << 20  # input text times passes (dupe factor) per bucket: ~15 M tokens
+BUCKET_TEXT_BYTES = 32 << 20  # input text times passes (dupe factor) per bucket: ~7 M tokens
 COMPRESSED_TEXT_RATIO = 3  # text a byte of a compressed input (gz, bz2, zst, Parquet) holds, roughly
 COMPRESSED = (".gz", ".bz2", ".zst", ".deflate", ".parquet", ".pq")
 ROW_BYTES = 4 + 2 + 4 + 4 + 1 + 8 + 8 + 8  # the offsets of three lists, b_start, label, two doc ids, checksum

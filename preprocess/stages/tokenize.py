@@ -54,6 +54,11 @@ class _TokenizeFn(beam.DoFn):
             os.environ["RAYON_NUM_THREADS"] = str(threads)
         self.encoder = SentenceEncoder(build_tokenizer(self.spec))
 
+    def teardown(self):
+        # Beam's Dask runner sets up and tears down a DoFn per partition, and the worker keeps each
+        # task's DoFn until the task is forgotten: the tokenizer and its memos go here, not with it.
+        self.encoder = None
+
     def process(self, batch: list[tuple[int, list[str]]]):
         docs, stats = tokenize_batch(self.encoder, batch, self.max_sentence_tokens, self.token_dtype)
         yield count(stats, "documents")

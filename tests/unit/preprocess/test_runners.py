@@ -187,3 +187,35 @@ def test_the_jobs_worker_plugin_restores_them_on_a_dask_worker():
             assert list(client.run(new_mappings_after_allocating).values()) == [5]  # as Dask starts a worker
             client.register_plugin(_worker_setup(quiet=False), name="bert-pipeline-worker")
             assert list(client.run(new_mappings_after_allocating).values()) == [0]
+
+
+class Marker:
+    """A stage's output whose copies a later stage can count."""
+
+
+def markers_alive(_) -> list[int]:
+    import gc
+
+    return [sum(isinstance(o, Marker) for o in gc.get_objects())]
+
+
+@pytest.mark.integration
+def test_a_dask_worker_frees_each_stages_outputs_once_the_next_stage_has_them():
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that, equal_to
+    from distributed import Client, LocalCluster
+
+    from preprocess.runners import _worker_setup
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            client.register_plugin(_worker_setup(quiet=False), name="bert-pipeline-worker")
+            opts = PipelineOptions(["--runner", DASK_RUNNER, "--dask_client_address", cluster.scheduler_address,
+                                    "--dask_npartitions", "4"])
+            with beam.Pipeline(options=opts) as p:
+                alive = (p | beam.Create(range(40))
+                         | "Make" >> beam.FlatMap(lambda i: [Marker() for _ in range(100)])
+                         | "Drop" >> beam.Map(lambda m: (0, 1))
+                         | beam.GroupByKey()  # every Make and Drop task has run when this is grouped
+                         | "Count" >> beam.FlatMap(markers_alive))
+                assert_that(alive, equal_to([0]))  # without the release: all 4,000 still alive

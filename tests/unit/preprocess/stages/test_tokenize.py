@@ -61,3 +61,15 @@ def test_tokenize_batch_packs_documents_with_their_sentence_lengths(vocab_file):
     expected = [tok.encode(s, add_special_tokens=False).ids for s in ("Return the value.", "Raise an error.")]
     assert batch.lengths.tolist() == [len(e) for e in expected]
     assert batch.tokens.tolist() == expected[0] + expected[1] and batch.tokens.dtype == np.uint16
+
+
+def test_the_tokenizer_goes_with_the_bundle_not_with_the_dofn(vocab_file):
+    """Beam's Dask runner tears a DoFn down after each partition, but its worker keeps the DoFn."""
+    from preprocess.stages.tokenize import _TokenizeFn
+    from preprocess.tokenization import TokenizerSpec
+
+    fn = _TokenizeFn(TokenizerSpec(vocab_file), 64, "uint16")
+    fn.setup()
+    assert fn.encoder is not None
+    fn.teardown()
+    assert fn.encoder is None
