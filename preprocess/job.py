@@ -165,8 +165,8 @@ def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
 def _run_pipeline(cfg: PreprocessConfig, parts: list[InputPart], files: int, vocab: VocabInfo,
                   opts: PipelineOptions, runner: object | None, text: int) -> None:
     if is_dask(opts):  # a distributed runner shows progress in its own console (Dask: its dashboard)
-        with dask_cluster(opts, len(parts)):
-            run_on_dask(job_pipeline(cfg, parts, vocab, opts, text=text))
+        with dask_cluster(opts, len(parts)) as threads:
+            run_on_dask(job_pipeline(cfg, parts, vocab, opts, text=text), shuffle_partitions=2 * threads)
     elif runner is None:
         job_pipeline(cfg, parts, vocab, opts, text=text).run().wait_until_finish()
     else:

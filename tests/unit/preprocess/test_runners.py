@@ -219,3 +219,40 @@ def test_a_dask_worker_frees_each_stages_outputs_once_the_next_stage_has_them():
                          | beam.GroupByKey()  # every Make and Drop task has run when this is grouped
                          | "Count" >> beam.FlatMap(markers_alive))
                 assert_that(alive, equal_to([0]))  # without the release: all 4,000 still alive
+
+
+def test_a_shuffle_on_dask_joins_its_inputs_partitions_first():
+    pytest.importorskip("distributed")
+    import dask
+    from apache_beam.runners.dask.dask_runner import DaskRunner
+    from apache_beam.runners.dask.overrides import dask_overrides
+
+    from preprocess.runners import coalesced_shuffles, release_bundle_outputs
+
+    release_bundle_outputs()  # in one process, as here, the runner's receivers are shared by the partitions
+
+    def translate(partitions):
+        p = beam.Pipeline()
+        _ = (p | beam.Create(range(400)) | beam.Map(lambda x: (x % 7, x)) | beam.GroupByKey()
+             | beam.MapTuple(lambda k, vs: (k, sorted(vs))))
+        p.replace_all(dask_overrides())  # as the runner translates a pipeline
+        visitor = DaskRunner.to_dask_bag_visitor({"npartitions": 40})
+        with dask.config.set({"dataframe.shuffle.method": "tasks"}):  # as run_on_dask has it
+            if partitions:
+                with coalesced_shuffles(partitions):
+                    p.visit(visitor)
+            else:
+                p.visit(visitor)
+        last = list(visitor.bags.values())[-1]
+        keys = [k[0] if isinstance(k, tuple) else k for k in dict(last.__dask_graph__())]
+        return last, sum(str(k).startswith("shuffle-") for k in keys)
+
+    plain, plain_tasks = translate(None)
+    joined, joined_tasks = translate(4)
+    assert plain.npartitions >= 40 and joined.npartitions == 4
+    assert joined_tasks * 10 < plain_tasks  # the shuffle's own tasks: ~n x k x stages for n partitions
+    def result(bag):  # the runner's elements are windowed values
+        return sorted((v.value if hasattr(v, "value") else v) for v in bag.compute(scheduler="sync"))
+
+    expected = [(k, [x for x in range(400) if x % 7 == k]) for k in range(7)]
+    assert result(joined) == result(plain) == expected
