@@ -15,7 +15,8 @@ cluster of 1 and 2 single-threaded worker processes started for the run (``dask 
 of it, the launcher and Dask's scheduler included), so that 1 and 2 workers compare one core with
 two; a 2-worker run has every core.
 
-Measured per run: wall time; input MB/s; the rate beyond start-up (the input over the wall time less
+Measured per run (``--repeat N``: N interleaved rounds, the median wall time with its range):
+wall time; input MB/s; the rate beyond start-up (the input over the wall time less
 the same run's time on a 20 KB input); the peak resident memory of each process (the largest over
 the job's processes: the launcher, Beam's workers, Dask's scheduler and workers) and of all of them
 together, sampled every 0.2 s; the shards (count, and the smallest and largest file); the scratch
@@ -30,6 +31,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -157,6 +159,16 @@ def run(kind: str, inputs: str, out: Path, vocab: Path) -> dict:
             "shard_min_mb": min(sizes) / 1e6, "shard_max_mb": max(sizes) / 1e6}
 
 
+def summarise(rounds: list[dict]) -> dict:
+    """Several runs of one job: the median wall time (and every run's), the largest memory and scratch."""
+    out = dict(rounds[0])
+    out["walls"] = sorted(r["wall"] for r in rounds)
+    out["wall"] = statistics.median(out["walls"])
+    for key in ("per_process_mb", "total_mb", "scratch_mb"):
+        out[key] = max(r[key] for r in rounds)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=[30, 200, 1000], help="input sizes, MB")
@@ -165,6 +177,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="working directory (default: a temporary one)")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--plot", type=Path, help="plot memory and throughput against input size here (PNG)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of every run at each size, interleaved; the "
+                    "median wall time is reported with its range, the largest memory")
     args = ap.parse_args()
     vocab = fetch_vocab(args.cache)
     sources = rst_sources(fetch_package(args.cache, "python3.11-doc")) + rst_sources(
@@ -185,14 +199,19 @@ def main() -> None:
         corpus = work / f"corpus-{mb:g}"
         files = replicate(base, corpus, mb)
         size = sum(os.path.getsize(f) for f in files) / 1e6
+        rounds: dict[str, list[dict]] = {kind: [] for kind in args.runs}
+        for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits every run alike
+            for kind in args.runs:
+                rounds[kind].append(run(kind, str(corpus / "*.txt"), work / "out", vocab))
+                shutil.rmtree(work / "out")
         for kind in args.runs:
-            r = run(kind, str(corpus / "*.txt"), work / "out", vocab)
+            r = summarise(rounds[kind])
             r.update(kind=kind, input_mb=size, rate=size / r["wall"], rate_beyond=size / (r["wall"] - startup[kind]))
             results.append(r)
-            print(f"| {size:.0f} | {kind} | {r['wall']:.1f} | {r['rate']:.2f} | {r['rate_beyond']:.2f} | "
+            spread = f" ({min(r['walls']):.1f}-{max(r['walls']):.1f})" if len(r["walls"]) > 1 else ""
+            print(f"| {size:.0f} | {kind} | {r['wall']:.1f}{spread} | {r['rate']:.2f} | {r['rate_beyond']:.2f} | "
                   f"{r['per_process_mb']:.0f} | {r['total_mb']:.0f} | {r['shards']} ({r['shard_min_mb']:.1f}-"
                   f"{r['shard_max_mb']:.1f}) | {r['output_mb']:.0f} | {r['scratch_mb']:.0f} |", flush=True)
-            shutil.rmtree(work / "out")
         shutil.rmtree(corpus)
     by = {(r["input_mb"], r["kind"]): r for r in results}
     for mb in sorted({r["input_mb"] for r in results}):

@@ -1,8 +1,9 @@
 """Large inputs read in parts, by several workers at once: where a file is cut, and how a part is read.
 
 A single Wikipedia dump is one 20+ GB file; read by one worker, it would keep a cluster
-waiting. :func:`plan_parts` cuts each Parquet file and MediaWiki dump larger than the part
-size into byte ranges ``[start, stop)`` from its size alone (no file is opened while the
+waiting; on Beam's Dask runner a part is also what a worker holds at once (a partition's
+outputs, stage by stage). :func:`plan_parts` cuts each uncompressed text and JSON Lines file,
+Parquet file and MediaWiki dump larger than the part size into byte ranges ``[start, stop)`` from its size alone (no file is opened while the
 job is planned), and the worker that reads a part finds its real boundaries:
 
 * **Parquet**: the row groups whose data starts in the range.
@@ -15,10 +16,12 @@ job is planned), and the worker that reads a part finds its real boundaries:
   the others nothing.
 * **Uncompressed dumps** (``*.xml``): the same, with ``<page>`` tags for stream starts
   (inside an article's text a ``<`` is always escaped, so the bytes ``<page>`` are a tag).
+* **Uncompressed text and JSON Lines**: document boundaries
+  (:func:`preprocess.documents.read_line_part`).
 
 Every page and row belongs to exactly one part, and a document's id does not depend on the
-part that read it, so the dataset is the same bytes for any part size. Other inputs (text,
-JSON Lines, other compression) are read whole, one worker per file.
+part that read it, so the dataset is the same bytes for any part size. Other inputs
+(compressed text and JSON Lines) are read whole, one worker per file.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import re
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
-PART_BYTES = 64 << 20
+PART_BYTES = 16 << 20  # a Dask worker held ~590 MB at most with parts up to 12.5 MB, ~900 MB with 62 MB
 _BZ2_STREAM = re.compile(rb"BZh[1-9]1AY&SY")  # stream header + first block's magic (pi's digits)
 _PAGE_TAG = re.compile(rb"<page>")
 _WINDOW = 1 << 20

@@ -108,32 +108,25 @@ class _ResolveAndMaskFn(beam.DoFn):
         groups = [g.load() if isinstance(g, SpilledBlocks) else g for g in joined["blocks"]]
         place = next(iter(joined["place"]), None)
         first, total, shards = place if place else (0, 0, 0)  # no place: a bucket of donors only
-        parked: list[tuple[int, int, ParkedRows]] = []
-        writer, shard, position = None, -1, 0
+        runs: list[tuple[int, int, ShardWriter]] = []  # (shard, first position, its rows' file)
         for piece in mask_bucket(bucket, groups, first, total, shards, self.spec, self.max_num_tokens):
             if isinstance(piece, dict):
                 yield STATS, (self.split, piece)
                 continue
-            if piece[0] != shard:  # the bucket's rows move on to the next shard
-                if writer:
-                    parked.append((shard, position, self._close(writer)))
-                shard, position, _ = piece
+            shard, position, rows = piece
+            if not runs or runs[-1][0] != shard:  # the bucket's rows move on to the next shard
                 path = FileSystems.join(self.output, part_name(self.split, bucket, shard))
-                writer = ShardWriter(path, schema(np.dtype(self.spec.token_dtype)))
-            writer.write(piece[2])
-            progress.report(pairs=piece[2].num_rows)
-        if writer:
-            parked.append((shard, position, self._close(writer)))
-        for shard, position, rows in parked:
-            yield "rows", ((shard, shards), (position, rows))
-        if parked:
-            yield STATS, (SCRATCH, {"bytes": sum(rows.size for _, _, rows in parked)})
+                runs.append((shard, position, ShardWriter(path, schema(np.dtype(self.spec.token_dtype)))))
+            runs[-1][2].write(rows)
+            progress.report(pairs=rows.num_rows)
+        scratch = 0
+        for shard, position, writer in runs:
+            size, _ = writer.close()
+            scratch += size
+            yield "rows", ((shard, shards), (position, ParkedRows(writer.path, writer.rows, size)))
+        if runs:
+            yield STATS, (SCRATCH, {"bytes": scratch})
         progress.flush()
-
-    @staticmethod
-    def _close(writer: ShardWriter) -> ParkedRows:
-        size, _ = writer.close()
-        return ParkedRows(writer.path, writer.rows, size)
 
 
 class MaskInstances(beam.PTransform):

@@ -2,8 +2,9 @@
 
 :func:`~preprocess.inputs.read_file` reads one input file into documents, counting what it
 skips; a file that breaks mid-stream keeps the documents read before the fault. Documents leave in
-batches of up to :data:`DOCUMENTS_PER_BATCH` of one file, the unit the tokenizer encodes
-at once (batched here, in ``process``, rather than by ``BatchElements``, whose last batch
+batches of one file of up to :data:`BATCH_TEXT_BYTES` of text or :data:`DOCUMENTS_PER_BATCH`
+documents, the unit the tokenizer encodes and pairing pairs at once (large enough that the bucket
+shuffle's references, one per batch and bucket, stay few; see :mod:`preprocess.sizing`) (batched here, in ``process``, rather than by ``BatchElements``, whose last batch
 of a bundle is emitted from ``finish_bundle``: see :mod:`preprocess.runners`).
 """
 
@@ -19,7 +20,8 @@ from preprocess.inputs import read_file
 from preprocess.sentences import split_sentences
 from preprocess.stages.counting import NAMESPACE, STATS, ByTag, count
 
-DOCUMENTS_PER_BATCH = 256
+DOCUMENTS_PER_BATCH = 4096
+BATCH_TEXT_BYTES = 4 << 20
 DOCUMENTS = "documents"
 
 
@@ -35,7 +37,7 @@ class _ReadFileFn(beam.DoFn):
         for doc in read_file(file_index, path, self.params, stats, start, stop):
             batch.append(doc)
             text += sum(len(line) for line in doc.lines)
-            if len(batch) == DOCUMENTS_PER_BATCH:  # large files report as they go
+            if len(batch) == DOCUMENTS_PER_BATCH or text >= BATCH_TEXT_BYTES:  # large files report as they go
                 progress.report(documents=len(batch), text_bytes=text)
                 yield DOCUMENTS, batch
                 batch, text = [], 0

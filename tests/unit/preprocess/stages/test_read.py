@@ -47,3 +47,12 @@ def test_documents_leave_in_batches_of_one_file(tmp_path):
     out = list(_ReadFileFn(ReadParams()).process((0, str(tmp_path / "a.txt"), 0, None)))
     assert [(tag, len(v) if tag == "documents" else v[0]) for tag, v in out] == [
         ("documents", DOCUMENTS_PER_BATCH), ("documents", 3), ("stats", "documents")]
+
+
+def test_a_batch_closes_at_its_size_in_text_too(tmp_path):
+    from preprocess.stages.read import BATCH_TEXT_BYTES, _ReadFileFn
+
+    line = "word " * (BATCH_TEXT_BYTES // 120)  # six lines: just under a quarter of a batch
+    (tmp_path / "big.txt").write_text("".join(f"{line}\n" * 6 + "\n" for _ in range(12)))
+    out = list(_ReadFileFn(ReadParams()).process((0, str(tmp_path / "big.txt"), 0, None)))
+    assert [len(v) for tag, v in out if tag == "documents"] == [5, 5, 2]
