@@ -246,7 +246,7 @@ def _next_boundary(raw: BinaryIO, pos: int, fmt: str, params: ReadParams) -> int
         if not cut:
             break
     after_blank = False
-    for offset, line, cut in lines:
+    for offset, line, _ in lines:
         at = pos - 1 + offset
         if fmt == "jsonl":
             return at

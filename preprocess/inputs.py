@@ -14,7 +14,14 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 
-from preprocess.documents import COMPRESSED, Document, ReadParams, open_input, read_documents, read_line_part
+from preprocess.documents import (
+    COMPRESSED,
+    Document,
+    ReadParams,
+    open_input,
+    read_documents,
+    read_line_part,
+)
 from preprocess.input_parts import dump_part
 from preprocess.parquet_input import parquet_documents
 

@@ -18,7 +18,14 @@ from apache_beam.metrics import Metrics
 
 from preprocess import progress
 from preprocess.manifest import MANIFEST_NAME, build_manifest, dumps, split_summary
-from preprocess.shards import ShardInfo, ShardWriter, remove_parts, schema, shard_name, write_atomically
+from preprocess.shards import (
+    ShardInfo,
+    ShardWriter,
+    remove_parts,
+    schema,
+    shard_name,
+    write_atomically,
+)
 from preprocess.stages.counting import NAMESPACE, SCRATCH
 from preprocess.stages.mask import ParkedRows
 

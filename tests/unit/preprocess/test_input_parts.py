@@ -19,7 +19,10 @@ PAGES = [{"page_id": 3 * i + 1, "title": f"Page {i}", "text": f"'''Page {i}''' i
 FORMATS = {".parquet": "parquet", ".txt": "text", ".jsonl": "jsonl"}
 
 
-def read_in_parts(path, part_bytes, params=ReadParams()):
+DEFAULTS = ReadParams()
+
+
+def read_in_parts(path, part_bytes, params=DEFAULTS):
     """Documents and counts of a file read part by part, as the job's workers read it."""
     fmt = FORMATS.get(path.suffix, "mediawiki")
     parts = plan_parts({str(path): path.stat().st_size}, {str(path): fmt}, part_bytes)
@@ -29,7 +32,7 @@ def read_in_parts(path, part_bytes, params=ReadParams()):
     return docs, stats, parts
 
 
-def whole(path, params=ReadParams()):
+def whole(path, params=DEFAULTS):
     stats = Counter()
     return list(read_file(0, str(path), params, stats)), stats
 

@@ -2,7 +2,6 @@
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -11,11 +10,11 @@ from preprocess.sizing import ShardSizing
 from preprocess.stages.mask import MaskInstances, ParkedRows, mask_bucket, placements
 from preprocess.stages.pair import CreatePairs, pair_batch
 
+from .helpers import docs, row_spec, rows_of
+
 
 def shards(count=None, size=1 << 20):
     return ShardSizing(count, size, 2, 0.15, 5)
-
-from .helpers import docs, row_spec, rows_of
 
 
 def test_mask_instances_resolves_random_next_and_balances_shards(vocab_file, tmp_path):
