@@ -104,7 +104,7 @@ def start_and_stop(argv: list[str], out: Path, sig: signal.Signals) -> int:
 
 
 def test_a_stopped_or_killed_job_leaves_no_dataset_and_a_rerun_completes_it(corpus_docs, vocab_file, tmp_path):
-    write_corpus(tmp_path / "corpus", corpus_docs * 6, files=4)
+    write_corpus(tmp_path / "corpus", corpus_docs * 3, files=4)
     out = tmp_path / "out"
     argv = ["--input", str(tmp_path / "corpus" / "*.txt"), "--output", str(out), "--vocab", vocab_file,
             "--max-seq-length", "64", "--dupe-factor", "2", "--direct_num_workers=2"]
