@@ -253,6 +253,7 @@ def dask_cluster(opts: PipelineOptions, parts: int) -> Iterator[int]:
 # unless either is set by hand).
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
 
 
 def restore_malloc_thresholds() -> bool:
@@ -271,7 +272,6 @@ def restore_malloc_thresholds() -> bool:
         return False
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
 
 
 def release_bundle_outputs() -> None:
@@ -292,7 +292,7 @@ def release_bundle_outputs() -> None:
         return
 
     @functools.wraps(original)
-    def apply_dofn_to_bundle(items, do_fn_invoker_args, do_fn_invoker_kwargs, tagged_receivers):  # noqa: ANN
+    def apply_dofn_to_bundle(items, do_fn_invoker_args, do_fn_invoker_kwargs, tagged_receivers):
         try:
             return original(items, do_fn_invoker_args, do_fn_invoker_kwargs, tagged_receivers)
         finally:

@@ -202,17 +202,13 @@ class ShardWriter:
 
     def close(self) -> tuple[int, str]:
         """Finish the file; its size in bytes and sha256 (in memory: the bytes are :meth:`value`)."""
-        from apache_beam.io.filesystems import FileSystems
-
         self._write_pending(final=True)
         self._writer.close()
         if self._digest is None:
             data = self._file.getvalue()
             return data.size, hashlib.sha256(data).hexdigest()
         self._file.close()
-        if FileSystems.exists(self.path):
-            FileSystems.delete([self.path])
-        FileSystems.rename([self.tmp], [self.path])
+        _move_into_place(self.tmp, self.path)
         return self._digest.size, self._digest.hash.hexdigest()
 
     def value(self) -> bytes:
@@ -235,6 +231,13 @@ def write_atomically(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     with FileSystems.create(tmp) as f:
         f.write(data)
+    _move_into_place(tmp, path)
+
+
+def _move_into_place(tmp: str, path: str) -> None:
+    """Rename a finished temporary file to ``path``, replacing what is there (a retried task's file)."""
+    from apache_beam.io.filesystems import FileSystems
+
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])
