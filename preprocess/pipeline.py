@@ -9,7 +9,8 @@ manifest, so the manifest's counts are exact on every runner.
 Shuffles. Pairing emits, per document, its IsNext pairs, its random-next requests
 (segment A waiting for a B) and as many donor segments (B candidates) as requests.
 All three are keyed by a bucket taken from the top bits of a random 64-bit key and
-meet in one ``GroupByKey`` (buckets and shards are sized apart, :mod:`preprocess.sizing`): there a request draws a donor of another document from
+meet in one ``GroupByKey``, which moves contiguous groups of buckets (buckets, groups and
+shards are sized apart, :mod:`preprocess.sizing`): there a request draws a donor of another document from
 its bucket, and since requests and donors land in buckets at random, the donor is a
 random one from the whole split, not from a fixed partition. The same keys define
 the output order: buckets are contiguous key ranges, so sorting each bucket by key
@@ -41,7 +42,7 @@ from apache_beam.io.filesystems import FileSystems
 from preprocess.config import PreprocessConfig
 from preprocess.input_parts import InputPart
 from preprocess.shards import FORMAT_NAME, FORMAT_VERSION, PARTS_DIR, RowSpec
-from preprocess.sizing import bucket_count
+from preprocess.sizing import bucket_count, group_count
 from preprocess.stages.counting import STATS, SumStats
 from preprocess.stages.mask import MaskInstances
 from preprocess.stages.pair import CreatePairs
@@ -103,12 +104,13 @@ def build_pipeline(
     all_shards = []
     for split, share in shares.items():
         buckets = bucket_count(text, share, cfg.dupe_factor)
+        groups = group_count(buckets)
         pairs = tokenized[split] | f"Pair[{split}]" >> CreatePairs(
-            split, cfg.pairing, cfg.dupe_factor, cfg.seed, buckets, FileSystems.join(cfg.output, PARTS_DIR)
+            split, cfg.pairing, cfg.dupe_factor, cfg.seed, buckets, groups, FileSystems.join(cfg.output, PARTS_DIR)
         )
         sizing = cfg.shard_sizing(split, vocab.token_dtype.itemsize)
         masked = pairs["items"] | f"Mask[{split}]" >> MaskInstances(
-            cfg.output, split, row_spec, cfg.pairing.max_num_tokens, sizing, pairs["counts"]
+            cfg.output, split, row_spec, cfg.pairing.max_num_tokens, sizing, pairs["counts"], buckets, groups
         )
         all_shards.append(
             masked["rows"] | f"Write[{split}]" >> WriteShards(cfg.output, split, vocab.token_dtype.name, metadata)

@@ -9,6 +9,14 @@ configured sizes, never a fixed count:
   It is fixed when the job is planned, from the inputs' sizes (a compressed file counted at
   :data:`COMPRESSED_TEXT_RATIO` times its size: an estimate, which sizes buckets and
   nothing else), so every runner and worker count makes the same buckets.
+* **Groups of buckets** (:func:`group_count`): what the bucket shuffle moves is one reference
+  per batch of documents and *group*, a contiguous range of buckets, and one masking task
+  takes a group: it first spreads the group's blocks into one file per bucket, then masks
+  its buckets one at a time. References grow as batches x groups, not batches x buckets
+  (which at terabytes is about one per row), and a task opens each of its batches' spill
+  files once. A group is a bucket up to :data:`GROUPS_MIN` buckets (no spreading); beyond,
+  it takes up to :data:`BUCKETS_PER_GROUP_MAX` buckets. Groups decide how the work is cut,
+  never the bytes: a bucket is masked alike in any group.
 * **Shards** (:func:`shard_count`): ``--shard-size`` bytes of output each, from the split's
   row and token counts once pairing has counted them (:func:`estimated_bytes`, the
   format's own arithmetic): the same input and options always give the same count.
@@ -26,6 +34,8 @@ from dataclasses import dataclass
 BUCKET_TEXT_BYTES = 32 << 20  # input text times passes (dupe factor) per bucket: ~7 M tokens
 COMPRESSED_TEXT_RATIO = 3  # text a byte of a compressed input (gz, bz2, zst, Parquet) holds, roughly
 COMPRESSED = (".gz", ".bz2", ".zst", ".deflate", ".parquet", ".pq")
+GROUPS_MIN = 256  # masking tasks that can run at once, however large the buckets are
+BUCKETS_PER_GROUP_MAX = 256  # files a masking task spreads its group into (open at once)
 ROW_BYTES = 4 + 2 + 4 + 4 + 1 + 8 + 8 + 8  # the offsets of three lists, b_start, label, two doc ids, checksum
 
 
@@ -39,6 +49,21 @@ def bucket_count(text: int, share: float, dupe_factor: int) -> int:
     """Buckets of a split holding ``share`` of ``text`` input bytes, each made into pairs
     ``dupe_factor`` times: one per :data:`BUCKET_TEXT_BYTES`."""
     return max(1, math.ceil(text * share * dupe_factor / BUCKET_TEXT_BYTES))
+
+
+def group_count(buckets: int) -> int:
+    """The groups of ``buckets`` buckets the shuffle moves (see the module's note)."""
+    return min(buckets, max(GROUPS_MIN, math.ceil(buckets / BUCKETS_PER_GROUP_MAX)))
+
+
+def group_of(bucket: int, buckets: int, groups: int) -> int:
+    """The group of a bucket: groups are contiguous, as even as can be, ranges of buckets."""
+    return bucket * groups // buckets
+
+
+def group_buckets(group: int, buckets: int, groups: int) -> range:
+    """The buckets of a group (those that :func:`group_of` sends to it)."""
+    return range(-(-group * buckets // groups), -(-(group + 1) * buckets // groups))
 
 
 @dataclass(frozen=True)

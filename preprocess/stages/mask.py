@@ -1,5 +1,9 @@
-"""Stage 4, mask: a bucket's blocks -> masked rows, placed at their global position, in files.
+"""Stage 4, mask: a group's blocks -> masked rows, placed at their global position, in files.
 
+A task takes one group of buckets (:func:`~preprocess.sizing.group_count`): a group of one
+bucket is masked from its spilled blocks directly; a larger one is first spread into one
+file per bucket (:class:`BucketFiles`, one pass over the group's spill), then masked a
+bucket at a time, so a task holds one bucket whatever its group's size.
 :func:`mask_bucket` resolves the bucket's random-next requests with its donors,
 truncates, masks and sorts the rows by key; since buckets are key ranges, a row's global
 position is the rows of earlier buckets plus its rank in its own, and shard ``s`` of
@@ -13,6 +17,8 @@ and only a reference travels to the shard's writer.
 
 from __future__ import annotations
 
+import pickle
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,16 +26,17 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from preprocess import progress
 from preprocess.manifest import add_stats
 from preprocess.packed import DonorBlock, PairBlock, RequestBlock
 from preprocess.pairs import resolve_random_next, truncate_pairs
-from preprocess.shards import RowSpec, ShardWriter, build_rows, part_name, schema
-from preprocess.sizing import ShardSizing, shard_count
+from preprocess.shards import PARTS_DIR, RowSpec, ShardWriter, build_rows, part_name, schema
+from preprocess.sizing import ShardSizing, group_buckets, group_of, shard_count
 from preprocess.stages.counting import SCRATCH, STATS, ByTag, increment
-from preprocess.stages.pair import Blocks, SpilledBlocks
+from preprocess.stages.pair import Blocks, SpilledBlocks, split_by_bucket
 
 ROWS_PER_BUILD = 16384  # bounds the masking scratch memory per call
 
@@ -46,12 +53,23 @@ def placements(counts: dict[int, tuple[int, int]], sizing: ShardSizing) -> list[
     return out
 
 
-def sum_counts(counts: Iterable[tuple[int, int]]) -> tuple[int, int]:
-    """Rows and tokens summed (associative: Beam may combine partial sums)."""
-    rows = tokens = 0
-    for r, t in counts:
-        rows, tokens = rows + r, tokens + t
-    return rows, tokens
+def sum_counts(counts: Iterable[dict[int, tuple[int, int]]]) -> dict[int, tuple[int, int]]:
+    """Rows and tokens per bucket, summed (associative: Beam may combine partial sums)."""
+    out: dict[int, tuple[int, int]] = {}
+    for part in counts:
+        for bucket, (r, t) in part.items():
+            rows, tokens = out.get(bucket, (0, 0))
+            out[bucket] = (rows + r, tokens + t)
+    return out
+
+
+def group_placements(counts: Iterable[dict[int, tuple[int, int]]], sizing: ShardSizing, buckets: int,
+                     groups: int) -> list[tuple[int, dict[int, tuple[int, int, int]]]]:
+    """Every group's counts -> per group, its buckets' :func:`placements`."""
+    out: dict[int, dict[int, tuple[int, int, int]]] = {}
+    for bucket, place in placements(sum_counts(counts), sizing):
+        out.setdefault(group_of(bucket, buckets, groups), {})[bucket] = place
+    return sorted(out.items())
 
 
 def mask_bucket(bucket: int, groups: list[Blocks], first: int, total: int, shards: int, spec: RowSpec,
@@ -99,60 +117,118 @@ class ParkedRows:
         return table.to_batches()
 
 
+class BucketFiles:
+    """A group's blocks spread into one file per bucket under ``directory`` (one file open per
+    bucket: :data:`~preprocess.sizing.BUCKETS_PER_GROUP_MAX` at most), read back a bucket at a
+    time and removed."""
+
+    def __init__(self, directory: str, split: str, group: int):
+        # A name of its own per attempt: a task run twice never writes into the other's files.
+        self.prefix = FileSystems.join(directory, f"{split}-group-{group:06d}-{uuid.uuid4().hex}")
+        self.files: dict[int, Any] = {}
+        self.bytes = 0
+
+    def path(self, bucket: int) -> str:
+        return f"{self.prefix}-bucket-{bucket:06d}.blocks"
+
+    def add(self, blocks: Blocks, buckets: int) -> None:
+        """Append a group's blocks (from one batch) to their buckets' files."""
+        split = [split_by_bucket(block, buckets) for block in blocks]
+        for bucket in sorted(set().union(*split)):
+            empty = (PairBlock.empty(), RequestBlock.empty(), DonorBlock.empty())
+            part = tuple(by.get(bucket, e) for by, e in zip(split, empty))
+            if bucket not in self.files:
+                self.files[bucket] = FileSystems.create(self.path(bucket), compression_type=CompressionTypes.UNCOMPRESSED)
+            data = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+            self.files[bucket].write(data)
+            self.bytes += len(data)
+
+    def buckets(self) -> Iterator[tuple[int, list[Blocks]]]:
+        """Each bucket's blocks, in bucket order; its file is removed once read."""
+        for f in self.files.values():
+            f.close()
+        for bucket in sorted(self.files):
+            path, groups = self.path(bucket), []
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                while True:
+                    try:
+                        groups.append(pickle.load(f))
+                    except EOFError:
+                        break
+            FileSystems.delete([path])
+            yield bucket, groups
+
+
 class _ResolveAndMaskFn(beam.DoFn):
-    def __init__(self, output: str, split: str, spec: RowSpec, max_num_tokens: int):
+    def __init__(self, output: str, split: str, spec: RowSpec, max_num_tokens: int, buckets: int, groups: int):
         self.output, self.split, self.spec, self.max_num_tokens = output, split, spec, max_num_tokens
+        self.buckets, self.groups = buckets, groups
+
+    def _buckets(self, group: int, blocks: Iterable[Any]) -> Iterator[tuple[int, list[Blocks]]]:
+        members = group_buckets(group, self.buckets, self.groups)
+        load = lambda b: b.load() if isinstance(b, SpilledBlocks) else b  # noqa: E731
+        if len(members) == 1:
+            yield members[0], [load(b) for b in blocks]
+            return
+        spread = BucketFiles(FileSystems.join(self.output, PARTS_DIR), self.split, group)
+        for b in blocks:
+            spread.add(load(b), self.buckets)
+        self.spread_bytes += spread.bytes
+        yield from spread.buckets()
 
     def process(self, element: tuple[int, dict[str, Iterable[Any]]]):
-        bucket, joined = element
-        groups = [g.load() if isinstance(g, SpilledBlocks) else g for g in joined["blocks"]]
-        place = next(iter(joined["place"]), None)
-        first, total, shards = place if place else (0, 0, 0)  # no place: a bucket of donors only
-        runs: list[tuple[int, int, ShardWriter]] = []  # (shard, first position, its rows' file)
-        for piece in mask_bucket(bucket, groups, first, total, shards, self.spec, self.max_num_tokens):
-            if isinstance(piece, dict):
-                yield STATS, (self.split, piece)
-                continue
-            shard, position, rows = piece
-            if not runs or runs[-1][0] != shard:  # the bucket's rows move on to the next shard
-                path = FileSystems.join(self.output, part_name(self.split, bucket, shard))
-                runs.append((shard, position, ShardWriter(path, schema(np.dtype(self.spec.token_dtype)))))
-            runs[-1][2].write(rows)
-            progress.report(pairs=rows.num_rows)
-        scratch = 0
-        for shard, position, writer in runs:
-            size, _ = writer.close()
-            scratch += size
-            yield "rows", ((shard, shards), (position, ParkedRows(writer.path, writer.rows, size)))
-        if runs:
-            yield STATS, (SCRATCH, {"bytes": scratch})
+        group, joined = element
+        places = next(iter(joined["place"]), {})  # none: a group of donors only
+        scratch = self.spread_bytes = 0
+        for bucket, groups in self._buckets(group, joined["blocks"]):
+            first, total, shards = places.get(bucket, (0, 0, 0))
+            runs: list[tuple[int, int, ShardWriter]] = []  # (shard, first position, its rows' file)
+            for piece in mask_bucket(bucket, groups, first, total, shards, self.spec, self.max_num_tokens):
+                if isinstance(piece, dict):
+                    yield STATS, (self.split, piece)
+                    continue
+                shard, position, rows = piece
+                if not runs or runs[-1][0] != shard:  # the bucket's rows move on to the next shard
+                    path = FileSystems.join(self.output, part_name(self.split, bucket, shard))
+                    runs.append((shard, position, ShardWriter(path, schema(np.dtype(self.spec.token_dtype)))))
+                runs[-1][2].write(rows)
+                progress.report(pairs=rows.num_rows)
+            for shard, position, writer in runs:
+                size, _ = writer.close()
+                scratch += size
+                yield "rows", ((shard, shards), (position, ParkedRows(writer.path, writer.rows, size)))
+        if scratch or self.spread_bytes:
+            yield STATS, (SCRATCH, {"bytes": scratch + self.spread_bytes})
         progress.flush()
 
 
 class MaskInstances(beam.PTransform):
     """Resolve random-next B segments, truncate, mask.
 
-    In: (bucket, blocks) items, and ``counts``: (bucket, (rows, tokens)) records, summed here.
+    In: (group, blocks) items, and ``counts``: (group, {bucket: (rows, tokens)}) records, summed here;
+    ``buckets`` and ``groups``: as pairing cut them (:class:`~preprocess.stages.pair.CreatePairs`).
     Out: ``rows``: ((shard, shards), (position, ParkedRows)); ``stats``.
     """
 
     def __init__(self, output: str, split: str, spec: RowSpec, max_num_tokens: int, sizing: ShardSizing,
-                 counts: beam.PCollection):
+                 counts: beam.PCollection, buckets: int, groups: int | None = None):
         super().__init__()
-        self.args = (output, split, spec, max_num_tokens)
-        self.sizing, self.counts = sizing, counts
+        groups = groups or buckets
+        self.args = (output, split, spec, max_num_tokens, buckets, groups)
+        self.sizing, self.counts, self.cuts = sizing, counts, (buckets, groups)
 
     def expand(self, items: beam.PCollection):  # -> {tag: PCollection}, see ByTag.expand
         places = (
             self.counts
             | "CountRows" >> beam.CombinePerKey(sum_counts)
-            | "KeyAll" >> beam.Map(lambda bucket_rows: (0, bucket_rows))
+            | "KeyAll" >> beam.Map(lambda group_counts: (0, group_counts[1]))
             | "AllCounts" >> beam.GroupByKey()
-            | "Place" >> beam.FlatMap(lambda all_counts, sizing: placements(dict(all_counts[1]), sizing), self.sizing)
+            | "Place" >> beam.FlatMap(lambda all_counts, *args: group_placements(all_counts[1], *args),
+                                      self.sizing, *self.cuts)
         )
         return (
             {"blocks": items, "place": places}
-            | "GroupByBucket" >> beam.CoGroupByKey()
+            | "GatherGroups" >> beam.CoGroupByKey()
             | "ResolveMask" >> beam.ParDo(_ResolveAndMaskFn(*self.args))
             | ByTag("rows", STATS)
         )

@@ -1,10 +1,12 @@
-"""Stage 3, pair: DocumentBatch -> (bucket, (pairs, random-next requests, donor segments)).
+"""Stage 3, pair: DocumentBatch -> (group, (pairs, random-next requests, donor segments)).
 
 :func:`pair_batch` plans each document's pairs (every pass of ``dupe_factor``) and groups
 the resulting blocks by bucket: a bucket is a contiguous range of the random 64-bit row
 keys (:func:`bucket_of`), so requests and donors meet at random across the whole split
-and key order is bucket order. With a spill directory, the blocks go to a file there and
-only references (:class:`SpilledBlocks`) travel through the shuffle.
+and key order is bucket order. Buckets travel in groups of contiguous buckets
+(:func:`~preprocess.sizing.group_count`): one item per batch and group. With a spill
+directory, the blocks go to a file there and only references (:class:`SpilledBlocks`)
+travel through the shuffle.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from preprocess.packed import DocumentBatch, DonorBlock, PairBlock, RequestBlock, offsets_of
 from preprocess.pairs import DocumentPlan, PairingParams, plan_blocks, plan_document
+from preprocess.sizing import group_of
 from preprocess.stages.counting import SCRATCH, STATS, ByTag, count
 
 Blocks = tuple[PairBlock, RequestBlock, DonorBlock]
@@ -31,28 +34,49 @@ def bucket_of(keys: np.ndarray, buckets: int) -> np.ndarray:
     return ((keys >> np.uint64(32)) * np.uint64(buckets)) >> np.uint64(32)
 
 
-def split_by_bucket(block: PairBlock | RequestBlock | DonorBlock, buckets: int) -> dict:
-    """The rows of a block grouped by the bucket of their key."""
+def split_by(block: PairBlock | RequestBlock | DonorBlock, of: np.ndarray) -> dict:
+    """The rows of a block grouped by ``of`` (a value per row)."""
     if len(block) == 0:
         return {}
-    of = bucket_of(block.key, buckets)
     order = np.argsort(of, kind="stable")
     values, starts = np.unique(of[order], return_index=True)
     ends = np.append(starts[1:], len(order))
     return {int(v): block.take(order[a:b]) for v, a, b in zip(values, starts, ends)}
 
 
-def row_tokens(pairs: PairBlock, requests: RequestBlock, max_num_tokens: int) -> int:
-    """The tokens the rows of these pairs and requests will hold once framed and truncated (a
-    request at the length it asks of its B)."""
+def split_by_bucket(block: PairBlock | RequestBlock | DonorBlock, buckets: int) -> dict:
+    """The rows of a block grouped by the bucket of their key."""
+    return split_by(block, bucket_of(block.key, buckets)) if len(block) else {}
+
+
+def row_token_counts(pairs: PairBlock, requests: RequestBlock, max_num_tokens: int) -> np.ndarray:
+    """The tokens each row of these pairs, then of these requests, will hold once framed and
+    truncated (a request at the length it asks of its B)."""
     a = np.concatenate([pairs.a.lengths + pairs.b.lengths, requests.a.lengths + requests.target_b])
-    return int(np.minimum(a, max_num_tokens).sum()) + 3 * len(a)
+    return np.minimum(a, max_num_tokens).astype(np.int64) + 3
 
 
-def pair_batch(docs: DocumentBatch, params: PairingParams, dupe_factor: int, seed: int,
-               buckets: int) -> tuple[list[tuple[int, Blocks]], list[tuple[int, tuple[int, int]]], Counter]:
-    """A batch of documents -> per bucket its blocks, per bucket its rows and their tokens
-    (:func:`row_tokens`), and counts."""
+def row_tokens(pairs: PairBlock, requests: RequestBlock, max_num_tokens: int) -> int:
+    """The tokens the rows of these pairs and requests will hold (:func:`row_token_counts`)."""
+    return int(row_token_counts(pairs, requests, max_num_tokens).sum())
+
+
+def bucket_counts(pairs: PairBlock, requests: RequestBlock, buckets: int,
+                  max_num_tokens: int) -> dict[int, tuple[int, int]]:
+    """Rows and their tokens per bucket, for the buckets that have rows."""
+    of = bucket_of(np.concatenate([pairs.key, requests.key]), buckets)
+    rows = np.bincount(of.astype(np.int64), minlength=buckets)
+    tokens = np.bincount(of.astype(np.int64), weights=row_token_counts(pairs, requests, max_num_tokens),
+                         minlength=buckets)
+    return {int(b): (int(rows[b]), int(tokens[b])) for b in np.flatnonzero(rows)}
+
+
+def pair_batch(docs: DocumentBatch, params: PairingParams, dupe_factor: int, seed: int, buckets: int,
+               groups: int | None = None) -> tuple[list[tuple[int, Blocks]], list[tuple[int, dict]], Counter]:
+    """A batch of documents -> per group of buckets its blocks, per group its buckets' rows and
+    tokens (:func:`bucket_counts`), and counts. ``groups``: :func:`~preprocess.sizing.group_count`
+    (None: a group per bucket)."""
+    groups = groups or buckets
     stats: Counter = Counter(documents=len(docs))
     plans = []
     lengths = docs.lengths.tolist()
@@ -63,22 +87,23 @@ def pair_batch(docs: DocumentBatch, params: PairingParams, dupe_factor: int, see
             plan_document(doc_id, lengths[bounds[k] : bounds[k + 1]], pass_index, seed, params, plan)
         stats["pairs_unpairable"] += plan.unpairable
         plans.append(plan)
-    pairs, requests, donors = plan_blocks(docs, plans, seed, params.max_num_tokens)
-    by_bucket = [split_by_bucket(block, buckets) for block in (pairs, requests, donors)]
+    blocks = plan_blocks(docs, plans, seed, params.max_num_tokens)
+    by_group = [split_by(b, group_of(bucket_of(b.key, buckets), buckets, groups)) if len(b) else {}
+                for b in blocks]
     items, counts = [], []
-    for bucket in sorted(set().union(*by_bucket)):
-        p = by_bucket[0].get(bucket, PairBlock.empty())
-        q = by_bucket[1].get(bucket, RequestBlock.empty())
-        d = by_bucket[2].get(bucket, DonorBlock.empty())
+    for group in sorted(set().union(*by_group)):
+        p = by_group[0].get(group, PairBlock.empty())
+        q = by_group[1].get(group, RequestBlock.empty())
+        d = by_group[2].get(group, DonorBlock.empty())
         if len(p) or len(q):
-            counts.append((bucket, (len(p) + len(q), row_tokens(p, q, params.max_num_tokens))))
-        items.append((bucket, (p, q, d)))
+            counts.append((group, bucket_counts(p, q, buckets, params.max_num_tokens)))
+        items.append((group, (p, q, d)))
     return items, counts, stats
 
 
 @dataclass(frozen=True)
 class SpilledBlocks:
-    """One bucket's pairs, requests and donors from one batch of documents, in a file.
+    """One group's pairs, requests and donors from one batch of documents, in a file.
 
     The tokens between pairing and masking travel through files beside the output
     (as a distributed runner's shuffle does), and the GroupByKey moves only these
@@ -105,22 +130,22 @@ def spill(items: list[tuple[int, Blocks]], spill_dir: str, split: str) -> list[t
     path = FileSystems.join(spill_dir, f"{split}-{uuid.uuid4().hex}.blocks")
     refs, offset = [], 0
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        for bucket, blocks in items:
+        for group, blocks in items:
             data = pickle.dumps(blocks, protocol=pickle.HIGHEST_PROTOCOL)
             f.write(data)
-            refs.append((bucket, SpilledBlocks(path, offset, len(data))))
+            refs.append((group, SpilledBlocks(path, offset, len(data))))
             offset += len(data)
     return refs
 
 
 class _PairFn(beam.DoFn):
     def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int,
-                 spill_dir: str | None):
+                 groups: int | None, spill_dir: str | None):
         self.split, self.params, self.dupe_factor, self.seed, self.buckets = split, params, dupe_factor, seed, buckets
-        self.spill_dir = spill_dir
+        self.groups, self.spill_dir = groups, spill_dir
 
     def process(self, docs: DocumentBatch):
-        items, counts, stats = pair_batch(docs, self.params, self.dupe_factor, self.seed, self.buckets)
+        items, counts, stats = pair_batch(docs, self.params, self.dupe_factor, self.seed, self.buckets, self.groups)
         for c in counts:
             yield "counts", c
         if self.spill_dir:
@@ -132,15 +157,16 @@ class _PairFn(beam.DoFn):
 
 
 class CreatePairs(beam.PTransform):
-    """DocumentBatch -> ``items``: (bucket, (pairs, requests, donors)); ``counts``: (bucket, (rows, tokens)); ``stats``.
+    """DocumentBatch -> ``items``: (group, (pairs, requests, donors)); ``counts``: (group, {bucket: (rows,
+    tokens)}); ``stats``. ``groups``: of the buckets (None: one bucket each).
 
-    With ``spill_dir`` the blocks are written there and (bucket, SpilledBlocks) emitted.
+    With ``spill_dir`` the blocks are written there and (group, SpilledBlocks) emitted.
     """
 
     def __init__(self, split: str, params: PairingParams, dupe_factor: int, seed: int, buckets: int,
-                 spill_dir: str | None = None):
+                 groups: int | None = None, spill_dir: str | None = None):
         super().__init__()
-        self.args = (split, params, dupe_factor, seed, buckets, spill_dir)
+        self.args = (split, params, dupe_factor, seed, buckets, groups, spill_dir)
 
     def expand(self, docs: beam.PCollection):  # -> {tag: PCollection}, see ByTag.expand
         return docs | "Plan" >> beam.ParDo(_PairFn(*self.args)) | ByTag("items", "counts", STATS)

@@ -62,18 +62,30 @@ def test_cli_runs_on_all_cores_and_inspect_decodes_rows(corpus_dir, vocab_file, 
     assert "IsNext" in shown or "NotNext" in shown
 
 
-def test_same_input_and_seed_give_identical_bytes_for_1_and_2_workers(corpus_dir, vocab_file, tmp_path):
+def test_same_input_and_seed_give_identical_bytes_for_1_and_2_workers_and_any_grouping_of_buckets(
+        corpus_dir, vocab_file, tmp_path, monkeypatch):
+    import preprocess.pipeline
+    import preprocess.sizing
+
     args = ("--max-seq-length", "96", "--dupe-factor", "2", "--num-shards", "5", "--validation-fraction", "0.05",
             "--whole-word-mask")
     one = tmp_path / "one"
     two = tmp_path / "two"
+    # buckets of 64 KB of text (14 in the train split) as a corpus of gigabytes has buckets of 32 MB
+    monkeypatch.setattr(preprocess.sizing, "BUCKET_TEXT_BYTES", 64 << 10)
     # Beam checks every element against the stages' type hints as it runs (a GroupByKey's values are
     # an Iterable, never a list, ...): the hints are true, and checking changes no byte
     run_job([str(corpus_dir / "*.txt")], one, vocab_file, *args, "--runtime_type_check", workers=1)
+    # buckets in groups of 7, as a terabyte's buckets travel (one group per bucket until then)
+    monkeypatch.setattr(preprocess.pipeline, "group_count", lambda buckets: max(1, buckets // 7))
     run_job([str(corpus_dir / "*.txt")], two, vocab_file, *args, workers=2)
     a, b = files_of(one), files_of(two)
     assert a.keys() == b.keys() and len(a) == 5 + 1 + 2  # shards, validation shard, manifest, vocab
-    assert all(a[k] == b[k] for k in a)
+    assert all(a[k] == b[k] for k in a if k != "manifest.json")
+    # the scratch counts the groups' blocks spread into files per bucket too; all else is the same
+    assert without_scratch(a["manifest.json"]) == without_scratch(b["manifest.json"])
+    scratch = [json.loads(m["manifest.json"])["scratch"]["peak_bytes"] for m in (a, b)]
+    assert scratch[0] < scratch[1]
     other = tmp_path / "other-seed"
     run_job([str(corpus_dir / "*.txt")], other, vocab_file, *args, "--seed", "7", workers=1)
     c = files_of(other)

@@ -4,9 +4,14 @@ import numpy as np
 
 from preprocess.sizing import (
     BUCKET_TEXT_BYTES,
+    BUCKETS_PER_GROUP_MAX,
+    GROUPS_MIN,
     ShardSizing,
     bucket_count,
     estimated_bytes,
+    group_buckets,
+    group_count,
+    group_of,
     shard_count,
     text_bytes,
 )
@@ -19,6 +24,20 @@ def test_buckets_keep_their_size_as_the_corpus_grows():
         buckets = bucket_count(text, 0.99, 5)
         assert BUCKET_TEXT_BYTES * 0.99 < text * 0.99 * 5 / buckets <= BUCKET_TEXT_BYTES
     assert bucket_count(100 << 30, 0.01, 5) < bucket_count(100 << 30, 0.99, 5)  # validation: its share
+
+
+def test_buckets_travel_in_groups_whose_count_grows_slower_than_the_buckets():
+    assert group_count(1) == 1 and group_count(GROUPS_MIN) == GROUPS_MIN  # a group per bucket up to GROUPS_MIN
+    for text in (1 << 30, 20 << 30, 2 << 40):  # 1 GB, 20 GB, 2 TB
+        buckets = bucket_count(text, 1.0, 5)
+        groups = group_count(buckets)
+        sizes = [len(group_buckets(g, buckets, groups)) for g in range(groups)]
+        assert sum(sizes) == buckets and max(sizes) - min(sizes) <= 1 and max(sizes) <= BUCKETS_PER_GROUP_MAX
+        assert min(buckets, GROUPS_MIN) <= groups <= max(GROUPS_MIN, buckets / BUCKETS_PER_GROUP_MAX + 1)
+        assert all(group_of(b, buckets, groups) == g for g in (0, groups // 2, groups - 1)
+                   for b in group_buckets(g, buckets, groups))
+    # at 2 TB: ~300,000 buckets in ~1,200 groups, so ~250x fewer references through the shuffle
+    assert bucket_count(2 << 40, 1.0, 5) / group_count(bucket_count(2 << 40, 1.0, 5)) > 200
 
 
 def test_the_output_estimate_is_the_written_shards_size(vocab_file, tmp_path):

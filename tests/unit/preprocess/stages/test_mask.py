@@ -1,13 +1,17 @@
 """Stage 4: resolving random-next pairs, masking, and placing rows in shards."""
 
+import pickle
+
 import apache_beam as beam
 import numpy as np
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from preprocess.pairs import PairingParams
+from preprocess.shards import PARTS_DIR
 from preprocess.sizing import ShardSizing
-from preprocess.stages.mask import MaskInstances, ParkedRows, mask_bucket, placements
+from preprocess.stages.counting import SCRATCH, STATS
+from preprocess.stages.mask import MaskInstances, ParkedRows, mask_bucket, placements, sum_counts
 from preprocess.stages.pair import CreatePairs, pair_batch
 
 from .helpers import docs, row_spec, rows_of
@@ -23,7 +27,7 @@ def test_mask_instances_resolves_random_next_and_balances_shards(vocab_file, tmp
     with TestPipeline() as p:  # 5 buckets, 3 shards: a shard gathers the rows of several buckets
         pairs = p | beam.Create(docs()) | CreatePairs("train", params, 2, 7, 5)
         rows = (pairs["items"] | MaskInstances(str(tmp_path), "train", spec, params.max_num_tokens, shards(3),
-                                               pairs["counts"]))["rows"]
+                                               pairs["counts"], 5))["rows"]
         tables = rows | beam.Map(lambda e: (e[0][0], rows_of(e[1][1])))
         per_shard = tables | beam.Map(lambda e: (e[0], e[1].num_rows)) | "SumRows" >> beam.CombinePerKey(sum)
 
@@ -47,16 +51,47 @@ def test_mask_instances_resolves_random_next_and_balances_shards(vocab_file, tmp
         assert_that(pieces, equal_to([5 + 2]), label="pieces")  # a piece per bucket, two more where shards begin
 
 
+def masked_rows(vocab_file, output, groups, spill=True):
+    """Every piece of the rows of 5 buckets in 3 shards masked in ``groups`` groups, in position order, and
+    the scratch counted."""
+    params = PairingParams(max_seq_length=32, short_seq_prob=0.0)
+    spec = row_spec(vocab_file)
+    with TestPipeline() as p:
+        pairs = p | beam.Create(docs(40)) | CreatePairs("train", params, 2, 7, 5, groups,
+                                                         str(output / PARTS_DIR) if spill else None)
+        masked = pairs["items"] | MaskInstances(str(output), "train", spec, params.max_num_tokens, shards(3),
+                                                pairs["counts"], 5, groups)
+        pieces = masked["rows"] | beam.Map(lambda e: (e[0][0], e[1][0], rows_of(e[1][1]).to_pydict()))
+        scratch = masked[STATS] | beam.Filter(lambda kv: kv[0] == SCRATCH) | beam.Map(lambda kv: kv[1]["bytes"])
+        for name, found in (("pieces", pieces), ("scratch", scratch)):
+            _ = found | f"List{name}" >> beam.combiners.ToList() | f"Keep{name}" >> beam.Map(
+                lambda values, path: path.write_bytes(pickle.dumps(values)), output / f"{name}.pickle")
+    pieces = pickle.loads((output / "pieces.pickle").read_bytes())
+    return sorted(pieces, key=lambda e: e[1]), sum(pickle.loads((output / "scratch.pickle").read_bytes()))
+
+
+def test_groups_of_buckets_change_how_the_work_is_cut_never_the_rows(vocab_file, tmp_path):
+    alone, scratch_alone = masked_rows(vocab_file, tmp_path / "alone", None)  # a group per bucket
+    assert len({shard for shard, _, _ in alone}) == 3 and len(alone) > 3
+    for groups in (2, 1):  # buckets 0-2 and 3-4; all five together
+        grouped, scratch = masked_rows(vocab_file, tmp_path / f"in-{groups}", groups)
+        assert grouped == alone
+        assert scratch > scratch_alone  # the group's blocks spread into files per bucket are counted
+        assert not list((tmp_path / f"in-{groups}" / PARTS_DIR).glob("*-group-*"))  # and removed once masked
+    inline, _ = masked_rows(vocab_file, tmp_path / "inline", 2, spill=False)
+    assert inline == alone
+
+
 def test_mask_bucket_places_every_row_once_in_position_order(vocab_file):
     params = PairingParams(max_seq_length=32, short_seq_prob=0.0)
     spec = row_spec(vocab_file)
     planned = [pair_batch(b, params, 2, 7, 3) for b in docs()]
     groups = {b: [] for b in range(3)}
     counts = {b: (0, 0) for b in range(3)}
-    for items, bucket_counts, _ in planned:
+    for items, group_counts, _ in planned:
         for bucket, blocks in items:
             groups[bucket].append(blocks)
-        for bucket, (n, t) in bucket_counts:
+        for bucket, (n, t) in sum_counts(c for _, c in group_counts).items():
             counts[bucket] = (counts[bucket][0] + n, counts[bucket][1] + t)
     positions, stats, tokens = [], [], 0
     total = sum(n for n, _ in counts.values())
