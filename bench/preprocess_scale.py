@@ -8,6 +8,10 @@ and ``linux-doc-6.1``, ~33 MB, one document per source, paragraphs as lines; fet
 no two copies are equal. Vocabulary: bert-base-uncased's. Job: ``python -m preprocess`` with its
 default options (seq 128, dupe factor 5, 10 predictions a sequence ...), output on the local disk.
 
+``--buckets-per-group K``: also run each job as a corpus of terabytes is cut (its buckets, of the
+usual size, travel ``K`` to a group and a masking task spreads its group into files per bucket,
+:mod:`preprocess.sizing`), which a corpus under ~1.7 GB never is.
+
 Runs: ``local1``/``local2``: the local runner with 1 and 2 worker processes
 (``--direct_num_workers``); ``dask1``/``dask2``: Beam's Dask runner on a ``dask.distributed``
 cluster of 1 and 2 single-threaded worker processes started for the run (``dask scheduler`` and
@@ -119,10 +123,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(kind: str, inputs: str, out: Path, vocab: Path) -> dict:
+# The job as a corpus of terabytes runs it: its buckets (of the usual size) ``K`` to a group.
+GROUPED = ("import sys, preprocess.sizing as s; s.GROUPS_MIN, s.BUCKETS_PER_GROUP_MAX = 1, {k}; "
+           "from preprocess.__main__ import main; sys.exit(main())")
+
+
+def run(kind: str, inputs: str, out: Path, vocab: Path, buckets_per_group: int | None = None) -> dict:
     """One job: its wall time, memory, scratch and shards."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "preprocess", "--input", inputs, "--output", str(out), "--vocab", str(vocab)]
+    job = ["-c", GROUPED.format(k=buckets_per_group)] if buckets_per_group else ["-m", "preprocess"]
+    cmd = [sys.executable, *job, "--input", inputs, "--output", str(out), "--vocab", str(vocab)]
     workers = int(kind[-1])
     pin = ["taskset", "-c", "0"] if workers == 1 else []  # one worker: one core, whatever it starts
     cluster = []
@@ -177,6 +187,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="working directory (default: a temporary one)")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--plot", type=Path, help="plot memory and throughput against input size here (PNG)")
+    ap.add_argument("--buckets-per-group", type=int, nargs="+", default=[0], metavar="K",
+                    help="also run each job as a corpus of terabytes is cut (buckets of the usual size, K to a "
+                    "group; 0: as the input's size cuts it), interleaved with the others")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of every run at each size, interleaved; the "
                     "median wall time is reported with its range, the largest memory")
     args = ap.parse_args()
@@ -199,14 +212,17 @@ def main() -> None:
         corpus = work / f"corpus-{mb:g}"
         files = replicate(base, corpus, mb)
         size = sum(os.path.getsize(f) for f in files) / 1e6
-        rounds: dict[str, list[dict]] = {kind: [] for kind in args.runs}
+        kinds = [(kind, k) for kind in args.runs for k in args.buckets_per_group]
+        rounds: dict[tuple[str, int], list[dict]] = {kk: [] for kk in kinds}
         for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits every run alike
-            for kind in args.runs:
-                rounds[kind].append(run(kind, str(corpus / "*.txt"), work / "out", vocab))
+            for kind, k in kinds:
+                rounds[kind, k].append(run(kind, str(corpus / "*.txt"), work / "out", vocab, k))
                 shutil.rmtree(work / "out")
-        for kind in args.runs:
-            r = summarise(rounds[kind])
-            r.update(kind=kind, input_mb=size, rate=size / r["wall"], rate_beyond=size / (r["wall"] - startup[kind]))
+        for (kind, k), found in rounds.items():
+            r = summarise(found)
+            kind_startup = startup[kind]
+            kind = f"{kind} ({k} buckets a group)" if k else kind
+            r.update(kind=kind, input_mb=size, rate=size / r["wall"], rate_beyond=size / (r["wall"] - kind_startup))
             results.append(r)
             spread = f" ({min(r['walls']):.1f}-{max(r['walls']):.1f})" if len(r["walls"]) > 1 else ""
             print(f"| {size:.0f} | {kind} | {r['wall']:.1f}{spread} | {r['rate']:.2f} | {r['rate_beyond']:.2f} | "
