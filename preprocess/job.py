@@ -166,7 +166,8 @@ def _run_pipeline(cfg: PreprocessConfig, parts: list[InputPart], files: int, voc
                   opts: PipelineOptions, runner: object | None, text: int) -> None:
     if is_dask(opts):  # a distributed runner shows progress in its own console (Dask: its dashboard)
         with dask_cluster(opts, len(parts)) as threads:
-            run_on_dask(job_pipeline(cfg, parts, vocab, opts, text=text), shuffle_partitions=2 * threads)
+            run_on_dask(job_pipeline(cfg, parts, vocab, opts, text=text), shuffle_partitions=2 * threads,
+                        heavy_partitions=max(2 * threads, min(8 * threads, 1024)))
     elif runner is None:
         job_pipeline(cfg, parts, vocab, opts, text=text).run().wait_until_finish()
     else:

@@ -318,10 +318,16 @@ def _worker_setup(quiet: bool) -> object:
     return WorkerSetup()
 
 
+# The shuffles whose next stage does the job's heavy work (masking a group of buckets, writing a
+# shard), by the label of their transform.
+HEAVY_SHUFFLES = ("GatherGroups", "GroupByShard")
+
+
 @contextlib.contextmanager
-def coalesced_shuffles(partitions: int) -> Iterator[None]:
+def coalesced_shuffles(partitions: int, heavy: int | None = None) -> Iterator[None]:
     """While a pipeline is translated: every ``GroupByKey`` first joins its input into at most
-    ``partitions`` partitions (neighbours concatenated, no data moved).
+    ``partitions`` partitions (neighbours concatenated, no data moved); the shuffles in
+    :data:`HEAVY_SHUFFLES` into ``heavy`` partitions (cut or joined), which their output keeps.
 
     Beam's Dask runner keeps a bag's partitions through every ``ParDo`` and adds them up at each
     ``Flatten``, and Dask's task-based shuffle of ``n`` partitions is ``n`` x ``k`` x stages tiny
@@ -329,14 +335,20 @@ def coalesced_shuffles(partitions: int) -> Iterator[None]:
     partition per input part, made ~7,000 of a 100 MB job's 8,500 tasks, and their scheduling
     kept the workers idle at the end. Everything the job shuffles is small (references and
     counts; tokens move through files), so fewer, larger partitions cost nothing; ``partitions``
-    (twice the cluster's threads) keeps the stages after a shuffle (masking, writing) parallel.
+    (twice the cluster's threads) keeps the stages after a shuffle parallel. After the heavy
+    shuffles, smaller tasks keep the workers busy to the end of the stage: with one task per
+    thread and a half, the last one of a worker ran while the other worker sat idle.
     """
     from apache_beam.runners.dask import transform_evaluator
     from apache_beam.runners.dask.overrides import _GroupByKeyOnly
 
     class CoalescedGroupByKey(transform_evaluator.GroupByKey):
         def apply(self, input_bag: object, side_inputs: object = None) -> object:
-            if input_bag.npartitions > partitions:
+            # a task-based shuffle's output has as many partitions as its input
+            if heavy and any(f"/{name}/" in f"/{self.applied.full_label}/" for name in HEAVY_SHUFFLES):
+                if input_bag.npartitions != heavy:
+                    input_bag = input_bag.repartition(npartitions=heavy)
+            elif input_bag.npartitions > partitions:
                 input_bag = input_bag.repartition(npartitions=partitions)
             return super().apply(input_bag, side_inputs)
 
@@ -349,16 +361,17 @@ def coalesced_shuffles(partitions: int) -> Iterator[None]:
         table[_GroupByKeyOnly] = original
 
 
-def run_on_dask(pipeline: beam.Pipeline, shuffle_partitions: int | None = None) -> None:
+def run_on_dask(pipeline: beam.Pipeline, shuffle_partitions: int | None = None,
+                heavy_partitions: int | None = None) -> None:
     """Check the pipeline's shape, then run it to completion on the cluster its options name
-    (``shuffle_partitions``: see :func:`coalesced_shuffles`)."""
+    (``shuffle_partitions``, ``heavy_partitions``: see :func:`coalesced_shuffles`)."""
     import dask
 
     check_dask_shape(pipeline)
     # A disk-based shuffle would write to each node's local disk: across nodes, tasks.
     with dask.config.set({"dataframe.shuffle.method": "tasks"}):
         if shuffle_partitions:
-            with coalesced_shuffles(shuffle_partitions):
+            with coalesced_shuffles(shuffle_partitions, heavy_partitions):
                 result = pipeline.run()
         else:
             result = pipeline.run()

@@ -231,15 +231,15 @@ def test_a_shuffle_on_dask_joins_its_inputs_partitions_first():
 
     release_bundle_outputs()  # in one process, as here, the runner's receivers are shared by the partitions
 
-    def translate(partitions):
+    def translate(partitions, label="GroupByKey", heavy=None):
         p = beam.Pipeline()
-        _ = (p | beam.Create(range(400)) | beam.Map(lambda x: (x % 7, x)) | beam.GroupByKey()
+        _ = (p | beam.Create(range(400)) | beam.Map(lambda x: (x % 7, x)) | label >> beam.GroupByKey()
              | beam.MapTuple(lambda k, vs: (k, sorted(vs))))
         p.replace_all(dask_overrides())  # as the runner translates a pipeline
         visitor = DaskRunner.to_dask_bag_visitor({"npartitions": 40})
         with dask.config.set({"dataframe.shuffle.method": "tasks"}):  # as run_on_dask has it
             if partitions:
-                with coalesced_shuffles(partitions):
+                with coalesced_shuffles(partitions, heavy):
                     p.visit(visitor)
             else:
                 p.visit(visitor)
@@ -251,8 +251,11 @@ def test_a_shuffle_on_dask_joins_its_inputs_partitions_first():
     joined, joined_tasks = translate(4)
     assert plain.npartitions >= 40 and joined.npartitions == 4
     assert joined_tasks * 10 < plain_tasks  # the shuffle's own tasks: ~n x k x stages for n partitions
+    # a shuffle before the heavy work puts its groups in more, smaller partitions; others do not
+    spread, _ = translate(4, "GatherGroups", heavy=16)
+    assert spread.npartitions == 16 and translate(4, "SumStats", heavy=16)[0].npartitions == 4
     def result(bag):  # the runner's elements are windowed values
         return sorted((v.value if hasattr(v, "value") else v) for v in bag.compute(scheduler="sync"))
 
     expected = [(k, [x for x in range(400) if x % 7 == k]) for k in range(7)]
-    assert result(joined) == result(plain) == expected
+    assert result(joined) == result(plain) == result(spread) == expected
