@@ -8,10 +8,12 @@ the validation split by a hash of their id.
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 
 from preprocess import rng
 from preprocess.packed import DocumentBatch
@@ -37,6 +39,28 @@ def tokenize_batch(encoder: SentenceEncoder, batch: list[tuple[int, list[str]]],
     )
 
 
+_ENCODERS: dict[tuple, SentenceEncoder] = {}
+
+
+def thread_encoder(spec: TokenizerSpec) -> SentenceEncoder:
+    """This thread's encoder for ``spec``, kept by the process from one DoFn to the next.
+
+    Beam's Dask runner sets a DoFn up for each partition (an input part): a new encoder each
+    time would start every part with empty memos and encode again the pieces the last part
+    already had (the memos are bounded, see :class:`SentenceEncoder`). One per thread, as an
+    encoder is not shared between threads; the vocabulary file's size and time are part of the
+    key, so a worker that outlives a job never encodes with a vocabulary that has changed since.
+    """
+    meta = FileSystems.match([spec.path])[0].metadata_list[0]
+    key = (spec, meta.size_in_bytes, meta.last_updated_in_seconds, threading.get_ident())
+    encoder = _ENCODERS.get(key)
+    if encoder is None:
+        for old in [k for k in _ENCODERS if k[3] == key[3]]:  # one encoder a thread: the last job's goes
+            del _ENCODERS[old]
+        encoder = _ENCODERS[key] = SentenceEncoder(build_tokenizer(spec))
+    return encoder
+
+
 class _TokenizeFn(beam.DoFn):
     def __init__(self, spec: TokenizerSpec, max_sentence_tokens: int, token_dtype: str, threads: int | None = None,
                  validation_fraction: float = 0.0):
@@ -52,11 +76,11 @@ class _TokenizeFn(beam.DoFn):
             # Several worker processes share the machine: give each its share of the cores
             # (set before the tokenizer's thread pool first starts in this process).
             os.environ["RAYON_NUM_THREADS"] = str(threads)
-        self.encoder = SentenceEncoder(build_tokenizer(self.spec))
+        self.encoder = thread_encoder(self.spec)
 
     def teardown(self):
         # Beam's Dask runner sets up and tears down a DoFn per partition, and the worker keeps each
-        # task's DoFn until the task is forgotten: the tokenizer and its memos go here, not with it.
+        # task's DoFn until the task is forgotten: the DoFn lets go of the encoder here, not with it.
         self.encoder = None
 
     def process(self, batch: list[tuple[int, list[str]]]):

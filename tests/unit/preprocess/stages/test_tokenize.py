@@ -73,3 +73,33 @@ def test_the_tokenizer_goes_with_the_bundle_not_with_the_dofn(vocab_file):
     assert fn.encoder is not None
     fn.teardown()
     assert fn.encoder is None
+
+
+def test_a_thread_keeps_its_encoder_and_memos_from_one_dofn_to_the_next(vocab_file, tmp_path):
+    """Beam's Dask runner sets a DoFn up per partition: the next one finds the last one's memos."""
+    import shutil
+    import threading
+
+    from preprocess.stages.tokenize import _TokenizeFn, thread_encoder
+    from preprocess.tokenization import TokenizerSpec
+
+    vocab = tmp_path / "vocab.txt"
+    shutil.copy(vocab_file, vocab)
+    spec = TokenizerSpec(str(vocab))
+    first = _TokenizeFn(spec, 64, "uint16")
+    first.setup()
+    first.encoder.encode(["Return the value of the attribute."])
+    assert len(first.encoder.chunks.index) > 0
+    encoder = first.encoder
+    first.teardown()
+    second = _TokenizeFn(spec, 64, "uint16")
+    second.setup()
+    assert second.encoder is encoder and len(second.encoder.chunks.index) > 0  # memos kept
+    other: list = []
+    thread = threading.Thread(target=lambda: other.append(thread_encoder(spec)))
+    thread.start()
+    thread.join()
+    assert other[0] is not encoder  # an encoder is never shared between threads
+    vocab.write_text(vocab.read_text() + "zzzextra\n")  # the vocabulary changed since: a new encoder
+    assert thread_encoder(spec) is not encoder
+    assert thread_encoder(spec).tok.get_vocab_size() == encoder.tok.get_vocab_size() + 1
