@@ -186,7 +186,7 @@ def splits_at_spaces(tok: Tokenizer) -> bool:
 ASCII_PUNCTUATION = r"([!-/:-@\[-`{-~])"  # BERT splits around each of these
 
 
-class _Memo:
+class _Table:
     """Texts already encoded: text -> entry; entry e's ids are ``ids[starts[e]:starts[e] + lengths[e]]``."""
 
     def __init__(self):
@@ -212,20 +212,49 @@ class _Memo:
         return gather_ranges(self.ids, self.starts[entry], lengths), lengths
 
 
+class _Memo:
+    """Texts already encoded, in two generations of at most about ``max_entries`` each.
+
+    When the current generation is full it becomes the previous one, and the one before is
+    dropped; a text found only in the previous generation is copied into the current one. So
+    the texts in use (a language's common words) stay through every turn, while one seen once
+    (a number, a name) is forgotten two turns later, and the memory stays bounded.
+    """
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self.current, self.previous = _Table(), _Table()
+
+    @property
+    def index(self) -> dict[str, int]:
+        return self.current.index
+
+    def turn_if_full(self) -> None:
+        if len(self.current.index) >= self.max_entries:
+            self.current, self.previous = _Table(), self.current
+
+
 def _memoised(memo: _Memo, texts: pa.Array, encode) -> tuple[np.ndarray, np.ndarray]:
-    """``memo.gather`` of ``texts``, ``encode``-ing (Arrow strings -> ids, lengths) and adding those not in it.
+    """The ids of ``texts`` from ``memo``; those it does not hold are ``encode``-d (Arrow strings ->
+    ids, lengths) and added.
 
     Arrow finds the batch's distinct texts (in C++); only those are looked up in Python.
     """
     coded = texts.dictionary_encode()
     distinct = coded.dictionary.to_pylist()
-    entry = memo.entries(distinct)
+    entry = memo.current.entries(distinct)
     absent = np.flatnonzero(entry < 0)
     if len(absent):
         new = [distinct[i] for i in absent.tolist()]
-        memo.add(new, *encode(coded.dictionary.take(pa.array(absent))))
-        entry[absent] = memo.entries(new)
-    return memo.gather(entry[coded.indices.to_numpy(zero_copy_only=False)])
+        held = memo.previous.entries(new)
+        kept, missing = np.flatnonzero(held >= 0), np.flatnonzero(held < 0)
+        if len(kept):
+            memo.current.add([new[i] for i in kept.tolist()], *memo.previous.gather(held[kept]))
+        if len(missing):
+            memo.current.add([new[i] for i in missing.tolist()],
+                             *encode(coded.dictionary.take(pa.array(absent[missing]))))
+        entry[absent] = memo.current.entries(new)
+    return memo.current.gather(entry[coded.indices.to_numpy(zero_copy_only=False)])
 
 
 def _split(texts: pa.Array, separator: str) -> tuple[pa.Array, np.ndarray]:
@@ -242,22 +271,18 @@ class SentenceEncoder:
     pieces not seen before go through ``encode_batch`` (as pre-tokenized sequences of a
     few hundred pieces, far cheaper per piece than one input each). Real text repeats
     its words, so most of a batch is gathered from memory. The ids are exactly those
-    of encoding each sentence whole; only the work differs. The memos are cleared when
-    they reach ``max_entries``, which bounds their memory. Otherwise sentences go to
-    ``encode_batch`` as they are.
+    of encoding each sentence whole; only the work differs. Each memo keeps two
+    generations of ``max_entries`` (:class:`_Memo`): its memory is bounded, and the words in
+    use stay. Otherwise sentences go to ``encode_batch`` as they are.
     """
 
     GROUP = 256  # pieces per pre-tokenized input
 
-    def __init__(self, tok: Tokenizer, max_entries: int = 1 << 20):
+    def __init__(self, tok: Tokenizer, max_entries: int = 1 << 18):
         self.tok = tok
         self.memoised = splits_at_spaces(tok)
-        self.max_entries = max_entries
-        self.clear()
-
-    def clear(self) -> None:
-        self.chunks = _Memo()
-        self.pieces = _Memo()
+        self.chunks = _Memo(max_entries)
+        self.pieces = _Memo(max_entries)
 
     def encode(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(ids of all sentences back to back as int32, each sentence's token count)."""
@@ -268,8 +293,8 @@ class SentenceEncoder:
             lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
             ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int32, count=int(lengths.sum()))
             return ids, lengths
-        if len(self.chunks.index) > self.max_entries or len(self.pieces.index) > self.max_entries:
-            self.clear()
+        self.chunks.turn_if_full()
+        self.pieces.turn_if_full()
         chunks, per_sentence = _split(pa.array(sentences, type=pa.string()), " ")
         ids, lengths = _memoised(self.chunks, chunks, self._encode_chunks)
         return ids, group_sums(lengths, per_sentence)

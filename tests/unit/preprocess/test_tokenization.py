@@ -130,6 +130,20 @@ def test_memo_serves_repeats_and_is_bounded(vocab_file):
         ids, lengths = small.encode(texts)
         assert ids.tolist() == first[0].tolist() and lengths.tolist() == first[1].tolist()
         assert len(small.chunks.index) <= 7
+    # two generations: a word in use is carried into each new one, a word seen once is dropped
+    memo = SentenceEncoder(tok, max_entries=20)
+    calls = []
+    encode_words = memo._encode_words
+    memo._encode_words = lambda pieces: calls.append(len(pieces)) or encode_words(pieces)
+    for k in range(50):
+        sentence = f"the value {k}x{k}"
+        ids, _ = memo.encode([sentence])
+        assert ids.tolist() == direct(tok, sentence)
+        for generation in (memo.chunks.current, memo.chunks.previous):
+            assert len(generation.index) <= 20 + 3
+    assert "the" in memo.chunks.index and "value" in memo.chunks.index  # encoded once, kept through 5 turns
+    assert "0x0" not in memo.chunks.index and "0x0" not in memo.chunks.previous.index
+    assert sum(calls) == 2 + 50  # "the" and "value" once; each new number once
 
 
 def test_tokenizer_with_added_tokens_is_encoded_whole(vocab_file, tmp_path):
