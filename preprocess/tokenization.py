@@ -278,7 +278,7 @@ class SentenceEncoder:
 
     GROUP = 256  # pieces per pre-tokenized input
 
-    def __init__(self, tok: Tokenizer, max_entries: int = 1 << 18):
+    def __init__(self, tok: Tokenizer, max_entries: int = 1 << 16):
         self.tok = tok
         self.memoised = splits_at_spaces(tok)
         self.chunks = _Memo(max_entries)
