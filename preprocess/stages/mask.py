@@ -134,8 +134,8 @@ class BucketFiles:
     def add(self, blocks: Blocks, buckets: int) -> None:
         """Append a group's blocks (from one batch) to their buckets' files."""
         split = [split_by_bucket(block, buckets) for block in blocks]
+        empty = (PairBlock.empty(), RequestBlock.empty(), DonorBlock.empty())
         for bucket in sorted(set().union(*split)):
-            empty = (PairBlock.empty(), RequestBlock.empty(), DonorBlock.empty())
             part = tuple(by.get(bucket, e) for by, e in zip(split, empty))
             if bucket not in self.files:
                 self.files[bucket] = FileSystems.create(self.path(bucket), compression_type=CompressionTypes.UNCOMPRESSED)
