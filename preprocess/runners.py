@@ -272,8 +272,6 @@ def restore_malloc_thresholds() -> bool:
         return False
 
 
-
-
 def release_bundle_outputs() -> None:
     """Let a Dask worker free each ParDo's outputs once the next task has them.
 

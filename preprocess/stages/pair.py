@@ -46,7 +46,7 @@ def split_by(block: PairBlock | RequestBlock | DonorBlock, of: np.ndarray) -> di
 
 def split_by_bucket(block: PairBlock | RequestBlock | DonorBlock, buckets: int) -> dict:
     """The rows of a block grouped by the bucket of their key."""
-    return split_by(block, bucket_of(block.key, buckets)) if len(block) else {}
+    return split_by(block, bucket_of(block.key, buckets))
 
 
 def row_token_counts(pairs: PairBlock, requests: RequestBlock, max_num_tokens: int) -> np.ndarray:
@@ -56,18 +56,12 @@ def row_token_counts(pairs: PairBlock, requests: RequestBlock, max_num_tokens: i
     return np.minimum(a, max_num_tokens).astype(np.int64) + 3
 
 
-def row_tokens(pairs: PairBlock, requests: RequestBlock, max_num_tokens: int) -> int:
-    """The tokens the rows of these pairs and requests will hold (:func:`row_token_counts`)."""
-    return int(row_token_counts(pairs, requests, max_num_tokens).sum())
-
-
 def bucket_counts(pairs: PairBlock, requests: RequestBlock, buckets: int,
                   max_num_tokens: int) -> dict[int, tuple[int, int]]:
     """Rows and their tokens per bucket, for the buckets that have rows."""
-    of = bucket_of(np.concatenate([pairs.key, requests.key]), buckets)
-    rows = np.bincount(of.astype(np.int64), minlength=buckets)
-    tokens = np.bincount(of.astype(np.int64), weights=row_token_counts(pairs, requests, max_num_tokens),
-                         minlength=buckets)
+    of = bucket_of(np.concatenate([pairs.key, requests.key]), buckets).astype(np.int64)
+    rows = np.bincount(of, minlength=buckets)
+    tokens = np.bincount(of, weights=row_token_counts(pairs, requests, max_num_tokens), minlength=buckets)
     return {int(b): (int(rows[b]), int(tokens[b])) for b in np.flatnonzero(rows)}
 
 
@@ -88,8 +82,7 @@ def pair_batch(docs: DocumentBatch, params: PairingParams, dupe_factor: int, see
         stats["pairs_unpairable"] += plan.unpairable
         plans.append(plan)
     blocks = plan_blocks(docs, plans, seed, params.max_num_tokens)
-    by_group = [split_by(b, group_of(bucket_of(b.key, buckets), buckets, groups)) if len(b) else {}
-                for b in blocks]
+    by_group = [split_by(b, group_of(bucket_of(b.key, buckets), buckets, groups)) for b in blocks]
     items, counts = [], []
     for group in sorted(set().union(*by_group)):
         p = by_group[0].get(group, PairBlock.empty())
