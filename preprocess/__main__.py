@@ -24,4 +24,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from preprocess.exiting import exit_now
+
+    exit_now(main())  # a finished run: the interpreter's teardown would add ~0.35 s and change nothing

@@ -9,13 +9,16 @@ created.", "No semi_persistent_directory found") then reaches the terminal. Here
 for errors is installed first, so only a worker's errors reach stderr directly; everything
 else goes, as Beam intends, through the worker's log stream to the runner (quieted by
 :mod:`preprocess.logs`). :class:`preprocess.runners.LocalRunner` starts workers this way
-unless ``--verbose``.
+unless ``--verbose``. Once the runner is done with it, the worker leaves through
+:func:`preprocess.exiting.exit_now`, without the interpreter's teardown.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+
+from preprocess.exiting import exit_now
 
 
 def main() -> None:
@@ -25,7 +28,8 @@ def main() -> None:
     logging.getLogger().addHandler(handler)
     from apache_beam.runners.worker import sdk_worker_main
 
-    sdk_worker_main.main(sys.argv)
+    sdk_worker_main.main(sys.argv)  # returns once the runner is done with this worker, its DoFns torn down
+    exit_now(0)
 
 
 if __name__ == "__main__":
