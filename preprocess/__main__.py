@@ -15,12 +15,15 @@ def main(argv: list[str] | None = None) -> int:
         from preprocess.report import main as inspect_main
 
         return inspect_main(argv[1:])
-    from preprocess.job import main as job_main
-    from preprocess.job import not_in_ipython
+    from preprocess.worker import warm_count, warm_pool
 
-    if command:
-        not_in_ipython()
-    return job_main(argv)
+    with warm_pool(warm_count(argv)):  # the local workers import while this process does
+        from preprocess.job import main as job_main
+        from preprocess.job import not_in_ipython
+
+        if command:
+            not_in_ipython()
+        return job_main(argv)
 
 
 if __name__ == "__main__":
