@@ -72,6 +72,21 @@ def plan_parts(sizes: dict[str, int], formats: dict[str, str], part_bytes: int =
     return parts
 
 
+def largest_first(parts: list[InputPart], sizes: dict[str, int]) -> list[InputPart]:
+    """``parts`` from the largest to the smallest (ties in their order): the order the job lists them in.
+
+    Beam's local runner deals a stage's input to its workers in turn, in the order the elements
+    came, and Dask runs partitions roughly in index order; dealt largest first, the workers' shares
+    of the text differ by at most about the gap between the largest and smallest part, where the
+    order of the files let them differ by whole parts. Which part holds which documents does not
+    change, so neither does the output.
+    """
+    def size(part: InputPart) -> int:
+        return (sizes[part.path] if part.stop is None else part.stop) - part.start
+
+    return sorted(parts, key=size, reverse=True)  # sorted is stable: ties keep their order
+
+
 def dump_part(raw: BinaryIO, start: int, stop: int | None, compressed: bool) -> BinaryIO | None:
     """The XML of one part of a dump (``raw``: the file's bytes, seekable), a stream of whole ``<page>``
     elements inside a ``<mediawiki>`` root; None when the part owns no page."""

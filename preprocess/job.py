@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from preprocess.config import ConfigError, PreprocessConfig
 from preprocess.documents import MAX_FILES
-from preprocess.input_parts import InputPart, plan_parts
+from preprocess.input_parts import InputPart, largest_first, plan_parts
 from preprocess.inputs import file_format
 from preprocess.manifest import MANIFEST_NAME
 from preprocess.pipeline import build_pipeline
@@ -33,6 +33,7 @@ from preprocess.runners import (
     is_dask,
     local_tokenizer_threads,
     pipeline_options,
+    restore_malloc_thresholds,
     run_on_dask,
 )
 from preprocess.shards import PARTS_DIR, remove_parts
@@ -143,11 +144,13 @@ def job_pipeline(cfg: PreprocessConfig, parts: list[str] | list[InputPart], voca
 
 def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
     """Run the job to completion and return the manifest."""
+    restore_malloc_thresholds()  # for an in-process run; each worker process sets its own
     spec = TokenizerSpec(cfg.vocab, cfg.lower_case)
     vocab = vocab_info(build_tokenizer(spec), spec)  # fails here, before any work, on a bad vocab
     sizes = match_inputs(cfg.inputs)
     files, text = list(sizes), text_bytes(sizes)
-    parts = plan_parts(sizes, {f: file_format(f, cfg.read_params) for f in files}, cfg.input_part_bytes)
+    parts = largest_first(plan_parts(sizes, {f: file_format(f, cfg.read_params) for f in files},
+                                     cfg.input_part_bytes), sizes)
     opts, runner = pipeline_options(beam_args)
     prepare_output(cfg.output)
     save_vocab_copy(spec, cfg.output)

@@ -94,7 +94,7 @@ def build_pipeline(
         shares["validation"] = cfg.validation_fraction
 
     parts = [x if isinstance(x, InputPart) else InputPart(i, x) for i, x in enumerate(inputs)]
-    files = list(dict.fromkeys(part.path for part in parts))
+    files = list(dict.fromkeys(part.path for part in sorted(parts, key=lambda p: (p.file_index, p.start))))  # in the inputs' order, however parts are listed
     read = p | "ListFiles" >> beam.Create([tuple(part) for part in parts]) | "Read" >> ReadCorpus(cfg.read_params)
     sentences = read["documents"] | "Split" >> SplitSentences(cfg.language)
     tokenized = sentences | "Tokenize" >> TokenizeDocuments(

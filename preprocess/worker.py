@@ -120,6 +120,9 @@ def _run_worker() -> None:
     """The SDK harness, in this process, with the environment as it is now; returns when the runner is done."""
     from apache_beam.runners.worker import sdk_worker_main
 
+    from preprocess.runners import restore_malloc_thresholds
+
+    restore_malloc_thresholds()  # glibc's steady state from the first array on
     sdk_worker_main.main(sys.argv)  # returns once the runner is done with this worker, its DoFns torn down
 
 

@@ -137,3 +137,16 @@ def test_a_bad_file_read_in_parts_is_counted_once(tmp_path):
     path.write_bytes(b"not parquet at all " * 500)
     docs, stats, parts = read_in_parts(path, 1000)
     assert len(parts) == 10 and docs == [] and stats == Counter({"files": 1, "file_not_parquet": 1})
+
+
+def test_parts_are_listed_largest_first_so_that_workers_dealt_them_in_turn_get_even_shares():
+    from preprocess.input_parts import largest_first
+
+    sizes = {"a.txt": 100, "b.txt": 2500, "c.txt": 700, "d.txt": 700}
+    parts = plan_parts(sizes, dict.fromkeys(sizes, "text"), part_bytes=1000)  # b.txt: 833, 833 and 834 bytes
+    ordered = largest_first(parts, sizes)
+    assert sorted(ordered) == sorted(parts)
+    assert [(p.path, p.start) for p in ordered] == [("b.txt", 1666), ("b.txt", 0), ("b.txt", 833), ("c.txt", 0),
+                                                    ("d.txt", 0), ("a.txt", 0)]
+    shares = [sum((p.stop or sizes[p.path]) - p.start for p in ordered[k::2]) for k in range(2)]
+    assert abs(shares[0] - shares[1]) <= 834 - 100  # dealt in turn: apart by at most largest - smallest

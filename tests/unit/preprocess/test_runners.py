@@ -129,8 +129,8 @@ def test_the_jobs_own_pipeline_has_the_shape_the_dask_runner_runs(vocab_file, tm
     check_dask_shape(job_pipeline(cfg, ["x.txt"], vocab_info(build_tokenizer(spec), spec), opts))
 
 
-def new_mappings_after_allocating() -> int:
-    """glibc's mmapped chunks (``malloc_info``'s count) that allocating five 1 MiB buffers adds."""
+def new_mappings_after_allocating(size: int = 1 << 20) -> int:
+    """glibc's mmapped chunks (``malloc_info``'s count) that allocating five buffers of ``size`` adds."""
     import ctypes
     import re
     import tempfile
@@ -147,7 +147,7 @@ def new_mappings_after_allocating() -> int:
             return int(re.search(r'<total type="mmap" count="(\d+)"', out.read()).group(1))
 
     before = mmapped()
-    keep = [bytearray(1 << 20) for _ in range(5)]
+    keep = [bytearray(size) for _ in range(5)]
     return mmapped() - before + 0 * len(keep)
 
 

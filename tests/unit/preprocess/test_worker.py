@@ -10,6 +10,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from preprocess.runners import LocalRunner, pipeline_options
 from preprocess.worker import warm_count, warm_pool
+from tests.unit.preprocess.test_runners import GLIBC
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -33,7 +34,9 @@ def test_no_warm_workers_for_other_runners_or_verbose_runs(argv):
 
 
 def _record_pid(x, out):
-    Path(out, f"{x}-{os.getpid()}").touch()
+    from tests.unit.preprocess.test_runners import new_mappings_after_allocating
+
+    Path(out, f"{x}-{os.getpid()}-{new_mappings_after_allocating(16 << 20)}").touch()
     return x
 
 
@@ -47,6 +50,8 @@ def test_a_local_pipeline_runs_on_its_warm_workers_and_cold_ones_past_the_pool(t
     done = {int(f.name.split("-")[0]): int(f.name.split("-")[1]) for f in tmp_path.iterdir()}
     assert sorted(done) == list(range(40))
     assert warm in done.values() and len(set(done.values())) == 2  # the warm process and a cold one both worked
+    if GLIBC:  # both with glibc's steady thresholds from the start: 16 MiB arrays come from the heap
+        assert {int(f.name.split("-")[2]) for f in tmp_path.iterdir()} == {0}
     assert not os.path.exists(f"/proc/{warm}") or _state(warm) == "Z"
 
 
