@@ -1,6 +1,6 @@
 """Preprocessing throughput, side by side in one run.
 
-    python -m bench.preprocess_throughput [--dupe-factor 5] [--max-seq-length 128]
+    python -m bench.preprocess_throughput [--dupe-factor 5] [--max-seq-length 128] [--repeat N]
 
 Real text, two corpora, one document per reStructuredText source, paragraphs as lines:
   * the Python 3.11 documentation (Debian's ``python3.11-doc``), ~10 MB;
@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,18 +118,30 @@ def measure(name: str, files: list[str], mb: float, work: Path, vocab: Path, arg
     del enc, lines
 
     ref_nsp = None
-    if not args.skip_reference:
-        t = time.perf_counter()
-        inst = create_instances(files, ReferenceTokenizer(str(vocab)), max_seq_length=args.max_seq_length,
-                                dupe_factor=args.dupe_factor)
-        dt = time.perf_counter() - t
-        rows.append(("(b) reference algorithm, 1 process", dt, mb / dt, sum(len(i.tokens) for i in inst) / dt))
-        ref_nsp = sum(i.is_random_next for i in inst) / len(inst)
-        del inst
-
     pattern = str(Path(files[0]).parent / "*.txt")
-    wall, out_tokens, our_nsp = run_ours(pattern, work / "out", vocab, args)
+    ref_walls, our_walls = [], []
+    for _ in range(args.repeat):  # (b) and ours alternate, so that a slow spell of the machine hits both
+        if not args.skip_reference:
+            t = time.perf_counter()
+            inst = create_instances(files, ReferenceTokenizer(str(vocab)), max_seq_length=args.max_seq_length,
+                                    dupe_factor=args.dupe_factor)
+            ref_walls.append(time.perf_counter() - t)
+            ref_tokens = sum(len(i.tokens) for i in inst)
+            ref_nsp = sum(i.is_random_next for i in inst) / len(inst)
+            del inst
+        shutil.rmtree(work / "out", ignore_errors=True)
+        wall, out_tokens, our_nsp = run_ours(pattern, work / "out", vocab, args)
+        our_walls.append(wall)
+    if ref_walls:
+        dt = statistics.median(ref_walls)
+        rows.append(("(b) reference algorithm, 1 process", dt, mb / dt, ref_tokens / dt))
+    wall = statistics.median(our_walls)
     rows.append(("ours: python -m preprocess (all cores)", wall, mb / wall, out_tokens / wall))
+    if args.repeat > 1:
+        print("rounds, seconds: ours " + ", ".join(f"{w:.2f}" for w in our_walls)
+              + ("; (b) " + ", ".join(f"{w:.2f}" for w in ref_walls) if ref_walls else "")
+              + ("; ours / (b) " + ", ".join(f"{r / w:.1f}x" for r, w in zip(ref_walls, our_walls)) if ref_walls else "")
+              + " (the table: medians)")
     wall_mem, _, _ = run_ours(pattern, work / "out-mem", vocab, args,
                               "--direct_running_mode=in_memory", "--direct_num_workers=1")
     rows.append(("ours: in-process (--direct_running_mode=in_memory)", wall_mem, mb / wall_mem,
@@ -165,6 +178,8 @@ def main() -> None:
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--skip-dask", action="store_true", help="skip the Dask runner's run (needs the [dask] extra)")
     ap.add_argument("--python-docs-only", action="store_true", help="skip the 33 MB corpus")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of (b) and ours, alternating; the table "
+                    "gives their medians (in-process and Dask run once)")
     args = ap.parse_args()
 
     vocab = args.vocab or fetch_vocab(args.cache)
