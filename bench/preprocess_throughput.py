@@ -138,10 +138,11 @@ def measure(name: str, files: list[str], mb: float, work: Path, vocab: Path, arg
     wall = statistics.median(our_walls)
     rows.append(("ours: python -m preprocess (all cores)", wall, mb / wall, out_tokens / wall))
     if args.repeat > 1:
-        print("rounds, seconds: ours " + ", ".join(f"{w:.2f}" for w in our_walls)
-              + ("; (b) " + ", ".join(f"{w:.2f}" for w in ref_walls) if ref_walls else "")
-              + ("; ours / (b) " + ", ".join(f"{r / w:.1f}x" for r, w in zip(ref_walls, our_walls)) if ref_walls else "")
-              + " (the table: medians)")
+        line = "rounds, seconds: ours " + ", ".join(f"{w:.2f}" for w in our_walls)
+        if ref_walls:
+            line += "; (b) " + ", ".join(f"{w:.2f}" for w in ref_walls)
+            line += "; ours / (b) " + ", ".join(f"{r / w:.1f}x" for r, w in zip(ref_walls, our_walls))
+        print(line + " (the table: medians)")
     wall_mem, _, _ = run_ours(pattern, work / "out-mem", vocab, args,
                               "--direct_running_mode=in_memory", "--direct_num_workers=1")
     rows.append(("ours: in-process (--direct_running_mode=in_memory)", wall_mem, mb / wall_mem,

@@ -94,7 +94,8 @@ def build_pipeline(
         shares["validation"] = cfg.validation_fraction
 
     parts = [x if isinstance(x, InputPart) else InputPart(i, x) for i, x in enumerate(inputs)]
-    files = list(dict.fromkeys(part.path for part in sorted(parts, key=lambda p: (p.file_index, p.start))))  # in the inputs' order, however parts are listed
+    # the files in the inputs' order, however the parts are listed (the job lists them largest first)
+    files = list(dict.fromkeys(part.path for part in sorted(parts, key=lambda part: part.file_index)))
     read = p | "ListFiles" >> beam.Create([tuple(part) for part in parts]) | "Read" >> ReadCorpus(cfg.read_params)
     sentences = read["documents"] | "Split" >> SplitSentences(cfg.language)
     tokenized = sentences | "Tokenize" >> TokenizeDocuments(
