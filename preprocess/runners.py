@@ -367,7 +367,12 @@ def coalesced_shuffles(partitions: int, heavy: int | None = None) -> Iterator[No
 def run_on_dask(pipeline: beam.Pipeline, shuffle_partitions: int | None = None,
                 heavy_partitions: int | None = None) -> None:
     """Check the pipeline's shape, then run it to completion on the cluster its options name
-    (``shuffle_partitions``, ``heavy_partitions``: see :func:`coalesced_shuffles`)."""
+    (``shuffle_partitions``, ``heavy_partitions``: see :func:`coalesced_shuffles`).
+
+    The pipeline checked is the one that runs: Beam's ``Pipeline.run`` would otherwise first copy
+    it through its portable form (``test_runner_api``, a check meant for runners that take the
+    pipeline as written), which pickles every stage again (~0.2 s) and hands the runner the copy.
+    """
     import dask
 
     check_dask_shape(pipeline)
@@ -375,9 +380,9 @@ def run_on_dask(pipeline: beam.Pipeline, shuffle_partitions: int | None = None,
     with dask.config.set({"dataframe.shuffle.method": "tasks"}):
         if shuffle_partitions:
             with coalesced_shuffles(shuffle_partitions, heavy_partitions):
-                result = pipeline.run()
+                result = pipeline.run(test_runner_api=False)
         else:
-            result = pipeline.run()
+            result = pipeline.run(test_runner_api=False)
         try:
             result.wait_until_finish()
         finally:

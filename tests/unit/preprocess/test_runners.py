@@ -1,6 +1,7 @@
 """Runner choice, and the pipeline shapes Beam's Dask runner would run wrongly, refused before any work."""
 
 import os
+from collections.abc import Iterable
 
 import apache_beam as beam
 import pytest
@@ -219,6 +220,43 @@ def test_a_dask_worker_frees_each_stages_outputs_once_the_next_stage_has_them():
                          | beam.GroupByKey()  # every Make and Drop task has run when this is grouped
                          | "Count" >> beam.FlatMap(markers_alive))
                 assert_that(alive, equal_to([0]))  # without the release: all 4,000 still alive
+
+
+def write_group(directory: str):
+    def write(group: tuple[int, Iterable[int]]) -> None:
+        key, values = group
+        with open(os.path.join(directory, f"{key}.txt"), "w") as f:
+            f.write(" ".join(map(str, sorted(values))))
+
+    return write
+
+
+@pytest.mark.integration
+def test_run_on_dask_runs_the_very_pipeline_it_checked(monkeypatch, tmp_path):
+    """Not a copy made through Beam's portable form (Pipeline.run's test_runner_api), which pickles
+    every stage again first; the runner gets the object whose shape was checked, and runs it."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.dask.dask_runner import DaskRunner
+    from distributed import LocalCluster
+
+    from preprocess.runners import run_on_dask
+
+    given = []
+    run_pipeline = DaskRunner.run_pipeline
+
+    def spy(self, pipeline, options):
+        given.append(pipeline)
+        return run_pipeline(self, pipeline, options)
+
+    monkeypatch.setattr(DaskRunner, "run_pipeline", spy)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        opts = PipelineOptions(["--runner", DASK_RUNNER, "--dask_client_address", cluster.scheduler_address])
+        p = beam.Pipeline(options=opts)
+        _ = (p | beam.Create(range(10)) | beam.Map(lambda x: (x % 2, x)) | beam.GroupByKey()
+             | beam.Map(write_group(str(tmp_path))))
+        run_on_dask(p)
+    assert given == [p]
+    assert (tmp_path / "0.txt").read_text() == "0 2 4 6 8" and (tmp_path / "1.txt").read_text() == "1 3 5 7 9"
 
 
 def test_a_shuffle_on_dask_joins_its_inputs_partitions_first():
