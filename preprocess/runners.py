@@ -4,10 +4,9 @@
   core (Beam's default runner would first try to download Prism, which fails offline).
 * ``--runner dask`` (or ``DaskRunner``, or its full name): Beam's Dask runner on the
   ``dask.distributed`` cluster named by ``--dask_scheduler_file`` or
-  ``--dask_client_address``; without either, a local cluster of one worker process per
-  core, started and stopped here. :func:`run_on_dask` checks the pipeline's shape first
-  (:func:`check_dask_shape`), sizes the input partitions to the cluster, and closes its
-  client.
+  ``--dask_client_address``; without either, a local cluster of one worker process per core,
+  started and stopped here. :func:`run_on_dask` checks the pipeline's shape first
+  (:func:`check_dask_shape`), sizes the input partitions to the cluster, and closes its client.
 * Any other runner option is passed through unchanged (Dataflow, Flink, Spark, portable).
 
 Beam's Dask runner (Beam 2.71 to 2.78, as tested) translates a pipeline into Dask bags and runs some shapes
@@ -215,22 +214,34 @@ def _dask_options(opts: PipelineOptions) -> object:
     return opts.view_as(DaskOptions)
 
 
+# Dask's statistical profiler (a worker's event loop samples its threads every 10 ms, for the dashboard)
+# took ~4% of a worker's CPU in this job (docs/benchmarks.md): off in the clusters the job starts.
+PROFILER_OFF = {"distributed.worker.profile.enabled": False}
+
+
+def profiling(dask_worker: object) -> bool:
+    """Whether this Dask worker runs the statistical profiler (for ``Client.run``)."""
+    return "profile" in dask_worker.periodic_callbacks
+
+
 @contextlib.contextmanager
 def dask_cluster(opts: PipelineOptions, parts: int) -> Iterator[int]:
     """Point ``opts`` at the cluster they name, or at a local one started for this job, with one
     partition per input part. Set before the pipeline is made (a pipeline copies its options).
 
     A local cluster has one single-threaded worker process per core, so the tokenizer in
-    each runs one thread (:func:`preprocess.stages.tokenize.dask_worker_threads`). Yields the
-    cluster's worker threads.
+    each runs one thread (:func:`preprocess.stages.tokenize.dask_worker_threads`), without Dask's
+    profiler (:data:`PROFILER_OFF`; on other clusters the job says how). Yields the worker threads.
     """
+    import dask as dask_config
     from distributed import Client, LocalCluster
 
     dask = _dask_options(opts)
     cluster = None
     if not dask.address and not dask.scheduler_file:
-        cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        with dask_config.config.set(PROFILER_OFF):  # the nannies hand their config to the workers
+            cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
         dask.address = cluster.scheduler_address
     try:
         kwargs = {"scheduler_file": dask.scheduler_file} if dask.scheduler_file else {"address": dask.address}
@@ -238,6 +249,9 @@ def dask_cluster(opts: PipelineOptions, parts: int) -> Iterator[int]:
             client.wait_for_workers(1, timeout=300)
             threads = sum(client.nthreads().values())
             client.register_plugin(_worker_setup(logs.is_quiet()), name="bert-pipeline-worker")
+            if any(client.run(profiling).values()):
+                log.info("Dask runner: the workers run Dask's statistical profiler (~4%% of their CPU); start them with "
+                         "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False, as slurm/preprocess.sbatch does")
         if not dask.npartitions and not dask.partition_size:
             dask.npartitions = max(1, parts)
         log.info("Dask runner: %d worker threads; the input parts in %s partitions", threads,
@@ -280,13 +294,11 @@ def restore_malloc_thresholds() -> bool:
 def release_bundle_outputs() -> None:
     """Let a Dask worker free each ParDo's outputs once the next task has them.
 
-    Beam's Dask runner runs a ``DoFn`` over a partition in ``apply_dofn_to_bundle``, which
-    collects the outputs in a receiver that is one of the task's own arguments, and returns a new
-    list of them. The worker keeps a task's arguments while the job runs, so every ParDo's
-    whole output stayed alive in the receiver: all the corpus's documents, sentences and token
-    batches, on the workers that read them (measured: 530 MB of them, pickled, at the end of a
-    100 MB job on one worker). Here the receiver is emptied once the list is made; the task's
-    result, the list, is freed by Dask as usual. Applied in each worker process, before any task.
+    Beam's Dask runner runs a ``DoFn`` over a partition in ``apply_dofn_to_bundle``, which collects
+    the outputs in a receiver, one of the task's own arguments, and returns a new list of them. The
+    worker keeps a task's arguments while the job runs, so every ParDo's whole output stayed alive:
+    530 MB of documents, sentences and token batches (pickled) at the end of a 100 MB job on one
+    worker. The receiver is emptied once the list is made. Applied in each worker, before any task.
     """
     from apache_beam.runners.dask import transform_evaluator
 
@@ -369,9 +381,8 @@ def run_on_dask(pipeline: beam.Pipeline, shuffle_partitions: int | None = None,
     """Check the pipeline's shape, then run it to completion on the cluster its options name
     (``shuffle_partitions``, ``heavy_partitions``: see :func:`coalesced_shuffles`).
 
-    The pipeline checked is the one that runs: Beam's ``Pipeline.run`` would otherwise first copy
-    it through its portable form (``test_runner_api``, a check meant for runners that take the
-    pipeline as written), which pickles every stage again (~0.2 s) and hands the runner the copy.
+    The pipeline checked is the one that runs, not the copy Beam's ``Pipeline.run`` would first make
+    through its portable form (``test_runner_api``), pickling every stage again (~0.2 s).
     """
     import dask
 
