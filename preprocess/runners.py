@@ -233,13 +233,13 @@ def dask_cluster(opts: PipelineOptions, parts: int) -> Iterator[int]:
     each runs one thread (:func:`preprocess.stages.tokenize.dask_worker_threads`), without Dask's
     profiler (:data:`PROFILER_OFF`; on other clusters the job says how). Yields the worker threads.
     """
-    import dask as dask_config
+    from dask import config as dask_config
     from distributed import Client, LocalCluster
 
     dask = _dask_options(opts)
     cluster = None
     if not dask.address and not dask.scheduler_file:
-        with dask_config.config.set(PROFILER_OFF):  # the nannies hand their config to the workers
+        with dask_config.set(PROFILER_OFF):  # the nannies hand their config to the workers
             cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
                                    dashboard_address=None)
         dask.address = cluster.scheduler_address
