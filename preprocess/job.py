@@ -37,7 +37,7 @@ from preprocess.runners import (
     run_on_dask,
 )
 from preprocess.shards import PARTS_DIR, remove_parts
-from preprocess.sizing import text_bytes
+from preprocess.sizing import bucket_count, group_count, shuffle_partitions, text_bytes
 from preprocess.tokenization import (
     TokenizerSpec,
     VocabError,
@@ -168,9 +168,11 @@ def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
 def _run_pipeline(cfg: PreprocessConfig, parts: list[InputPart], files: int, vocab: VocabInfo,
                   opts: PipelineOptions, runner: object | None, text: int) -> None:
     if is_dask(opts):  # a distributed runner shows progress in its own console (Dask: its dashboard)
+        share = max(1 - cfg.validation_fraction, cfg.validation_fraction)  # the largest split's
+        groups = group_count(bucket_count(text, share, cfg.dupe_factor))
         with dask_cluster(opts, len(parts)) as threads:
-            run_on_dask(job_pipeline(cfg, parts, vocab, opts, text=text), shuffle_partitions=2 * threads,
-                        heavy_partitions=max(2 * threads, min(8 * threads, 1024)))
+            shuffles, heavy = shuffle_partitions(threads, max(groups, cfg.num_shards or 0))
+            run_on_dask(job_pipeline(cfg, parts, vocab, opts, text=text), shuffles, heavy)
     elif runner is None:
         job_pipeline(cfg, parts, vocab, opts, text=text).run().wait_until_finish()
     else:

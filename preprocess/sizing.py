@@ -90,3 +90,12 @@ def shard_count(rows: int, tokens: int, sizing: ShardSizing) -> int:
         return 0
     wanted = sizing.count or max(1, round(estimated_bytes(rows, tokens, sizing) / sizing.size))
     return min(wanted, rows)
+
+
+def shuffle_partitions(threads: int, keys: int) -> tuple[int, int]:
+    """On a Dask cluster of ``threads`` worker threads: the partitions of the job's shuffles, and of
+    the two before its heavy stages (masking, writing), whose keys are at most ``keys`` (the largest
+    split's groups of buckets, or ``--num-shards``); see :func:`preprocess.runners.coalesced_shuffles`.
+    Twice the threads; for the heavy ones 8 times the threads (at most 1,024) but no more partitions
+    than keys: Dask's task-based shuffle of *n* partitions is ~*n*² tasks (512 for a one-group job)."""
+    return 2 * threads, max(2 * threads, min(8 * threads, 1024, keys))

@@ -61,3 +61,12 @@ def test_the_output_estimate_is_the_written_shards_size(vocab_file, tmp_path):
     estimate = estimated_bytes(n, writer.tokens, sizing)
     assert 0.95 < estimate / size < 1.05
     assert shard_count(n, writer.tokens, sizing) == round(estimate / (1 << 20))
+
+
+def test_dask_shuffle_partitions_follow_the_threads_and_the_heavy_ones_no_more_than_their_keys():
+    from preprocess.sizing import shuffle_partitions
+
+    assert shuffle_partitions(2, 30) == (4, 16)  # 8x the threads when the keys are more
+    assert shuffle_partitions(2, 6) == (4, 6)  # no more partitions than groups (or shards) to go in them
+    assert shuffle_partitions(2, 1) == (4, 4)  # never fewer than the other shuffles'
+    assert shuffle_partitions(256, 10**6) == (512, 1024)  # at most 1,024
