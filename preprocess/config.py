@@ -86,6 +86,12 @@ class PreprocessConfig(BaseModel):
         return ReadParams(self.input_format, self.text_field, self.max_line_bytes, self.max_document_bytes,
                           self.max_json_line_bytes)
 
+    @property
+    def split_shares(self) -> dict[str, float]:
+        """The splits the job makes and each one's share of the documents: train, and validation if asked for."""
+        return {"train": 1 - self.validation_fraction} | (
+            {"validation": self.validation_fraction} if self.validation_fraction > 0 else {})
+
     def shard_sizing(self, split: str, token_bytes: int) -> ShardSizing:
         """How the shard count of ``split`` follows: ``--num-shards`` (validation: its share), or ``--shard-size``."""
         count = self.num_shards

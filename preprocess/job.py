@@ -168,8 +168,7 @@ def run(cfg: PreprocessConfig, beam_args: list[str]) -> dict:
 def _run_pipeline(cfg: PreprocessConfig, parts: list[InputPart], files: int, vocab: VocabInfo,
                   opts: PipelineOptions, runner: object | None, text: int) -> None:
     if is_dask(opts):  # a distributed runner shows progress in its own console (Dask: its dashboard)
-        share = max(1 - cfg.validation_fraction, cfg.validation_fraction)  # the largest split's
-        groups = group_count(bucket_count(text, share, cfg.dupe_factor))
+        groups = group_count(bucket_count(text, max(cfg.split_shares.values()), cfg.dupe_factor))  # the largest split's
         with dask_cluster(opts, len(parts)) as threads:
             shuffles, heavy = shuffle_partitions(threads, max(groups, cfg.num_shards or 0))
             run_on_dask(job_pipeline(cfg, parts, vocab, opts, text=text), shuffles, heavy)
@@ -177,8 +176,7 @@ def _run_pipeline(cfg: PreprocessConfig, parts: list[InputPart], files: int, voc
         job_pipeline(cfg, parts, vocab, opts, text=text).run().wait_until_finish()
     else:
         p = job_pipeline(cfg, parts, vocab, opts, runner, local_tokenizer_threads(opts), text)
-        splits = ("train", "validation") if cfg.validation_fraction > 0 else ("train",)
-        shards = None if cfg.num_shards is None else sum(cfg.shard_sizing(s, 2).count for s in splits)
+        shards = None if cfg.num_shards is None else sum(cfg.shard_sizing(s, 2).count for s in cfg.split_shares)
         with local_progress(len(parts), shards, len(parts) > files):
             p.run().wait_until_finish()
 

@@ -89,9 +89,7 @@ def build_pipeline(
         "whole_word_mask": str(cfg.whole_word_mask).lower(),
         "seed": str(cfg.seed),
     }
-    shares = {"train": 1 - cfg.validation_fraction}
-    if cfg.validation_fraction > 0:
-        shares["validation"] = cfg.validation_fraction
+    shares = cfg.split_shares
 
     parts = [x if isinstance(x, InputPart) else InputPart(i, x) for i, x in enumerate(inputs)]
     # the files in the inputs' order, however the parts are listed (the job lists them largest first)

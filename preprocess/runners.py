@@ -387,12 +387,10 @@ def run_on_dask(pipeline: beam.Pipeline, shuffle_partitions: int | None = None,
     import dask
 
     check_dask_shape(pipeline)
+    shuffles = coalesced_shuffles(shuffle_partitions, heavy_partitions) if shuffle_partitions else contextlib.nullcontext()
     # A disk-based shuffle would write to each node's local disk: across nodes, tasks.
     with dask.config.set({"dataframe.shuffle.method": "tasks"}):
-        if shuffle_partitions:
-            with coalesced_shuffles(shuffle_partitions, heavy_partitions):
-                result = pipeline.run(test_runner_api=False)
-        else:
+        with shuffles:
             result = pipeline.run(test_runner_api=False)
         try:
             result.wait_until_finish()

@@ -300,7 +300,7 @@ def test_a_shuffle_on_dask_joins_its_inputs_partitions_first():
 
 
 @pytest.mark.integration
-def test_the_jobs_own_dask_cluster_runs_without_dasks_profiler_and_a_profiling_one_is_named():
+def test_the_jobs_own_dask_cluster_runs_without_dasks_profiler_and_a_profiling_one_is_named(monkeypatch):
     """Dask's statistical profiler samples every worker thread every 10 ms: ~4% of a worker's CPU."""
     import logging
 
@@ -308,25 +308,24 @@ def test_the_jobs_own_dask_cluster_runs_without_dasks_profiler_and_a_profiling_o
     from apache_beam.runners.dask.dask_runner import DaskOptions
     from distributed import Client, LocalCluster
 
+    from preprocess import runners
     from preprocess.runners import dask_cluster, profiling
 
     records: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("preprocess")
+    logger = logging.getLogger("tests.dask-profiler-hint")  # the runner's log, whatever earlier tests did to logging
     logger.addHandler(handler)
-    level, logger.level = logger.level, logging.INFO
-    try:
-        opts = PipelineOptions(["--runner", DASK_RUNNER])
-        with dask_cluster(opts, 2):  # a local cluster of its own
-            with Client(opts.view_as(DaskOptions).address) as client:
-                assert list(client.run(profiling).values()) == [False] * (os.cpu_count() or 1)
-        assert not any("profiler" in r for r in records)
-        with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:  # Dask's defaults
-            opts = PipelineOptions(["--runner", DASK_RUNNER, "--dask_client_address", cluster.scheduler_address])
-            with dask_cluster(opts, 2):
-                pass
-        assert any("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in r for r in records)
-    finally:
-        logger.removeHandler(handler)
-        logger.level = level
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    monkeypatch.setattr(runners, "log", logger)
+    opts = PipelineOptions(["--runner", DASK_RUNNER])
+    with dask_cluster(opts, 2):  # a local cluster of its own
+        with Client(opts.view_as(DaskOptions).address) as client:
+            assert list(client.run(profiling).values()) == [False] * (os.cpu_count() or 1)
+    assert not any("profiler" in r for r in records)
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:  # Dask's defaults
+        opts = PipelineOptions(["--runner", DASK_RUNNER, "--dask_client_address", cluster.scheduler_address])
+        with dask_cluster(opts, 2):
+            pass
+    assert any("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in r for r in records)
