@@ -15,8 +15,8 @@ usual size, travel ``K`` to a group and a masking task spreads its group into fi
 Runs: ``local1``/``local2``: the local runner with 1 and 2 worker processes
 (``--direct_num_workers``); ``dask1``/``dask2``: Beam's Dask runner on a ``dask.distributed``
 cluster of 1 and 2 single-threaded worker processes started for the run (``dask scheduler`` and
-``dask worker``, as a cluster would, without Dask's statistical profiler as ``slurm/preprocess.sbatch``
-starts them). A 1-worker run is held to one core (``taskset``: every process
+``dask worker``, as a cluster would, with Dask's background work set as ``slurm/preprocess.sbatch``
+sets it). A 1-worker run is held to one core (``taskset``: every process
 of it, the launcher and Dask's scheduler included), so that 1 and 2 workers compare one core with
 two; a 2-worker run has every core.
 
@@ -47,6 +47,7 @@ from pathlib import Path
 import psutil
 
 from bench.preprocess_throughput import build_corpus, fetch_package, fetch_vocab, rst_sources
+from preprocess.cluster import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ("local1", "local2", "dask1", "dask2")
@@ -141,13 +142,13 @@ def run(kind: str, inputs: str, out: Path, vocab: Path, buckets_per_group: int |
         cmd.append(f"--direct_num_workers={workers}")
     else:
         port = free_port()
+        env = {**env, **environment()}  # as slurm/preprocess.sbatch starts its scheduler and workers
         cluster.append(subprocess.Popen([*pin, sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", str(port),
                                          "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL))
-        workers_env = {**env, "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}  # as slurm/preprocess.sbatch
         cluster.append(subprocess.Popen([*pin, sys.executable, "-m", "distributed.cli.dask_worker",
                                          f"tcp://127.0.0.1:{port}", "--nworkers", str(workers), "--nthreads", "1",
-                                         "--no-dashboard"], env=workers_env, stdout=subprocess.DEVNULL,
+                                         "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL))
         cmd += ["--runner", "dask", f"--dask_client_address=tcp://127.0.0.1:{port}"]
     try:

@@ -21,6 +21,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from preprocess.cluster import dask_cluster
 from preprocess.config import ConfigError, PreprocessConfig
 from preprocess.documents import MAX_FILES
 from preprocess.input_parts import InputPart, largest_first, plan_parts
@@ -29,7 +30,6 @@ from preprocess.manifest import MANIFEST_NAME
 from preprocess.pipeline import build_pipeline
 from preprocess.progress import PROGRESS_DIR_VARIABLE, JobMonitor
 from preprocess.runners import (
-    dask_cluster,
     is_dask,
     local_tokenizer_threads,
     pipeline_options,

@@ -5,7 +5,7 @@
 * ``--runner dask`` (or ``DaskRunner``, or its full name): Beam's Dask runner on the
   ``dask.distributed`` cluster named by ``--dask_scheduler_file`` or
   ``--dask_client_address``; without either, a local cluster of one worker process per core,
-  started and stopped here. :func:`run_on_dask` checks the pipeline's shape first
+  started and stopped by :func:`preprocess.cluster.dask_cluster`. :func:`run_on_dask` checks the pipeline's shape first
   (:func:`check_dask_shape`), sizes the input partitions to the cluster, and closes its client.
 * Any other runner option is passed through unchanged (Dataflow, Flink, Spark, portable).
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import logging
 import os
 import shlex
@@ -205,63 +204,6 @@ def check_dask_shape(pipeline: beam.Pipeline) -> None:
                           + "\n  ".join(problems))
 
 
-def _dask_options(opts: PipelineOptions) -> object:
-    try:
-        import distributed  # noqa: F401
-        from apache_beam.runners.dask.dask_runner import DaskOptions
-    except ImportError as e:
-        raise ConfigError(f"--runner dask: {e}; install the extra: pip install 'bert-pipeline[dask]'") from e
-    return opts.view_as(DaskOptions)
-
-
-# Dask's statistical profiler (a worker's event loop samples its threads every 10 ms, for the dashboard)
-# took ~4% of a worker's CPU in this job (docs/benchmarks.md): off in the clusters the job starts.
-PROFILER_OFF = {"distributed.worker.profile.enabled": False}
-
-
-def profiling(dask_worker: object) -> bool:
-    """Whether this Dask worker runs the statistical profiler (for ``Client.run``)."""
-    return "profile" in dask_worker.periodic_callbacks
-
-
-@contextlib.contextmanager
-def dask_cluster(opts: PipelineOptions, parts: int) -> Iterator[int]:
-    """Point ``opts`` at the cluster they name, or at a local one started for this job, with one
-    partition per input part. Set before the pipeline is made (a pipeline copies its options).
-
-    A local cluster has one single-threaded worker process per core, so the tokenizer in
-    each runs one thread (:func:`preprocess.stages.tokenize.dask_worker_threads`), without Dask's
-    profiler (:data:`PROFILER_OFF`; on other clusters the job says how). Yields the worker threads.
-    """
-    from dask import config as dask_config
-    from distributed import Client, LocalCluster
-
-    dask = _dask_options(opts)
-    cluster = None
-    if not dask.address and not dask.scheduler_file:
-        with dask_config.set(PROFILER_OFF):  # the nannies hand their config to the workers
-            cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
-        dask.address = cluster.scheduler_address
-    try:
-        kwargs = {"scheduler_file": dask.scheduler_file} if dask.scheduler_file else {"address": dask.address}
-        with Client(timeout=dask.timeout or 60, **kwargs) as client:
-            client.wait_for_workers(1, timeout=300)
-            threads = sum(client.nthreads().values())
-            client.register_plugin(_worker_setup(logs.is_quiet()), name="bert-pipeline-worker")
-            if any(client.run(profiling).values()):
-                log.info("Dask runner: the workers run Dask's statistical profiler (~4%% of their CPU); start them with "
-                         "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False, as slurm/preprocess.sbatch does")
-        if not dask.npartitions and not dask.partition_size:
-            dask.npartitions = max(1, parts)
-        log.info("Dask runner: %d worker threads; the input parts in %s partitions", threads,
-                 dask.npartitions or f"{dask.partition_size}-file")
-        yield threads
-    finally:
-        if cluster is not None:
-            cluster.close()
-
-
 # glibc's own steady state for a process that allocates large arrays: allocations up to 32 MiB
 # from the heap, which is trimmed past 64 MiB free (glibc raises its thresholds to these by itself,
 # unless either is set by hand).
@@ -289,48 +231,6 @@ def restore_malloc_thresholds() -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     except (OSError, AttributeError):
         return False
-
-
-def release_bundle_outputs() -> None:
-    """Let a Dask worker free each ParDo's outputs once the next task has them.
-
-    Beam's Dask runner runs a ``DoFn`` over a partition in ``apply_dofn_to_bundle``, which collects
-    the outputs in a receiver, one of the task's own arguments, and returns a new list of them. The
-    worker keeps a task's arguments while the job runs, so every ParDo's whole output stayed alive:
-    530 MB of documents, sentences and token batches (pickled) at the end of a 100 MB job on one
-    worker. The receiver is emptied once the list is made. Applied in each worker, before any task.
-    """
-    from apache_beam.runners.dask import transform_evaluator
-
-    original = transform_evaluator.apply_dofn_to_bundle
-    if getattr(original, "releases_outputs", False):
-        return
-
-    @functools.wraps(original)
-    def apply_dofn_to_bundle(items, do_fn_invoker_args, do_fn_invoker_kwargs, tagged_receivers):
-        try:
-            return original(items, do_fn_invoker_args, do_fn_invoker_kwargs, tagged_receivers)
-        finally:
-            tagged_receivers.values.clear()
-
-    apply_dofn_to_bundle.releases_outputs = True  # type: ignore[attr-defined]
-    transform_evaluator.apply_dofn_to_bundle = apply_dofn_to_bundle
-
-
-def _worker_setup(quiet: bool) -> object:
-    """A Dask worker plugin: glibc's allocation thresholds back (:func:`restore_malloc_thresholds`) and,
-    when ``quiet``, the filters :func:`preprocess.logs.setup` sets here (workers import Beam, which logs
-    a notice on import). Registered by the client, so it reaches the workers of any cluster."""
-    from distributed import WorkerPlugin
-
-    class WorkerSetup(WorkerPlugin):
-        def setup(self, worker: object) -> None:
-            restore_malloc_thresholds()
-            release_bundle_outputs()
-            if quiet:
-                logs.drop_beam_import_notice()
-
-    return WorkerSetup()
 
 
 # The shuffles whose next stage does the job's heavy work (masking a group of buckets, writing a

@@ -288,7 +288,7 @@ def test_preprocessing_across_two_nodes_on_dask_matches_the_local_runner(slurm, 
     log = log_of(job_id, "bert-preprocess")
     assert "Dask cluster on 2 nodes, 2 worker processes x 1 threads per node" in log
     assert "Dask workers on nodeA" in log and "Dask workers on nodeB" in log
-    assert "Dask runner: 4 worker threads" in log and "statistical profiler" not in log  # the script's workers: off
+    assert "Dask runner: 4 worker threads" in log and "background work" not in log  # the script's workers: quiet
     assert files_of(out) == files_of(dataset)  # byte-identical, and nothing left behind (.parts/, .dask-*)
     assert not any(w in log for w in ("Killed", "WARNING", "ERROR", "Traceback")), log  # the job's lines only
     assert f"Dask's logs in logs/bert-preprocess-{job_id}-dask.log" in log

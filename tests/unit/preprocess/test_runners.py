@@ -176,52 +176,6 @@ def test_dask_workers_get_glibcs_allocation_thresholds_back():
     assert new_mappings("restore") == 0
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(not GLIBC, reason="glibc only")
-def test_the_jobs_worker_plugin_restores_them_on_a_dask_worker():
-    from distributed import Client, LocalCluster
-
-    from preprocess.runners import _worker_setup
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with Client(cluster) as client:
-            assert list(client.run(new_mappings_after_allocating).values()) == [5]  # as Dask starts a worker
-            client.register_plugin(_worker_setup(quiet=False), name="bert-pipeline-worker")
-            assert list(client.run(new_mappings_after_allocating).values()) == [0]
-
-
-class Marker:
-    """A stage's output whose copies a later stage can count."""
-
-
-def markers_alive(_) -> list[int]:
-    import gc
-
-    return [sum(isinstance(o, Marker) for o in gc.get_objects())]
-
-
-@pytest.mark.integration
-def test_a_dask_worker_frees_each_stages_outputs_once_the_next_stage_has_them():
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from apache_beam.testing.util import assert_that, equal_to
-    from distributed import Client, LocalCluster
-
-    from preprocess.runners import _worker_setup
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with Client(cluster) as client:
-            client.register_plugin(_worker_setup(quiet=False), name="bert-pipeline-worker")
-            opts = PipelineOptions(["--runner", DASK_RUNNER, "--dask_client_address", cluster.scheduler_address,
-                                    "--dask_npartitions", "4"])
-            with beam.Pipeline(options=opts) as p:
-                alive = (p | beam.Create(range(40))
-                         | "Make" >> beam.FlatMap(lambda i: [Marker() for _ in range(100)])
-                         | "Drop" >> beam.Map(lambda m: (0, 1))
-                         | beam.GroupByKey()  # every Make and Drop task has run when this is grouped
-                         | "Count" >> beam.FlatMap(markers_alive))
-                assert_that(alive, equal_to([0]))  # without the release: all 4,000 still alive
-
-
 def write_group(directory: str):
     def write(group: tuple[int, Iterable[int]]) -> None:
         key, values = group
@@ -265,7 +219,8 @@ def test_a_shuffle_on_dask_joins_its_inputs_partitions_first():
     from apache_beam.runners.dask.dask_runner import DaskRunner
     from apache_beam.runners.dask.overrides import dask_overrides
 
-    from preprocess.runners import coalesced_shuffles, release_bundle_outputs
+    from preprocess.cluster import release_bundle_outputs
+    from preprocess.runners import coalesced_shuffles
 
     release_bundle_outputs()  # in one process, as here, the runner's receivers are shared by the partitions
 
@@ -297,35 +252,3 @@ def test_a_shuffle_on_dask_joins_its_inputs_partitions_first():
 
     expected = [(k, [x for x in range(400) if x % 7 == k]) for k in range(7)]
     assert result(joined) == result(plain) == result(spread) == expected
-
-
-@pytest.mark.integration
-def test_the_jobs_own_dask_cluster_runs_without_dasks_profiler_and_a_profiling_one_is_named(monkeypatch):
-    """Dask's statistical profiler samples every worker thread every 10 ms: ~4% of a worker's CPU."""
-    import logging
-
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from apache_beam.runners.dask.dask_runner import DaskOptions
-    from distributed import Client, LocalCluster
-
-    from preprocess import runners
-    from preprocess.runners import dask_cluster, profiling
-
-    records: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("tests.dask-profiler-hint")  # the runner's log, whatever earlier tests did to logging
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    monkeypatch.setattr(runners, "log", logger)
-    opts = PipelineOptions(["--runner", DASK_RUNNER])
-    with dask_cluster(opts, 2):  # a local cluster of its own
-        with Client(opts.view_as(DaskOptions).address) as client:
-            assert list(client.run(profiling).values()) == [False] * (os.cpu_count() or 1)
-    assert not any("profiler" in r for r in records)
-    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:  # Dask's defaults
-        opts = PipelineOptions(["--runner", DASK_RUNNER, "--dask_client_address", cluster.scheduler_address])
-        with dask_cluster(opts, 2):
-            pass
-    assert any("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in r for r in records)
