@@ -97,3 +97,6 @@ def setup(verbose: bool = False) -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:pkg_resources")  # Beam's worker processes
     # Dask sets its loggers' levels from its config when imported, here and in its worker processes.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    # gRPC's C core writes routine connection events (a worker's control channel closing: "Got
+    # goaway") at INFO straight to stderr, in this process and in the local workers it starts.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
