@@ -66,7 +66,7 @@ def test_the_output_estimate_is_the_written_shards_size(vocab_file, tmp_path):
 def test_dask_shuffle_partitions_follow_the_threads_and_the_heavy_ones_no_more_than_their_keys():
     from preprocess.sizing import shuffle_partitions
 
-    assert shuffle_partitions(2, 30) == (4, 16)  # 8x the threads when the keys are more
-    assert shuffle_partitions(2, 6) == (4, 6)  # no more partitions than groups (or shards) to go in them
+    assert shuffle_partitions(2, 30) == (4, 8)  # 4x the threads when the keys are more
+    assert shuffle_partitions(4, 12) == (8, 12)  # no more partitions than groups (or shards) to go in them
     assert shuffle_partitions(2, 1) == (4, 4)  # never fewer than the other shuffles'
-    assert shuffle_partitions(256, 10**6) == (512, 1024)  # at most 1,024
+    assert shuffle_partitions(300, 10**6) == (600, 1024)  # at most 1,024
