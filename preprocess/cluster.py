@@ -21,7 +21,7 @@ log = logging.getLogger("preprocess")
 # this job needs. Each of these wakes a worker's event loop, which then takes the GIL from the thread
 # running the stages: with Dask's defaults, a worker held to one core took ~0.5 s of involuntary
 # switches and run-queue waits from that thread on 47 MB, and its event loop ~0.25 s more CPU; with
-# these, ~0.15 s (docs/benchmarks.md).
+# these, ~0.15 s (docs/benchmarks.md). Dask's defaults in the comments.
 QUIET = {
     # every thread's stack sampled every 10 ms for the dashboard's profiles: ~4% of a worker's CPU
     "distributed.worker.profile.enabled": False,
