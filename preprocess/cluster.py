@@ -92,7 +92,7 @@ def dask_cluster(opts: PipelineOptions, parts: int) -> Iterator[int]:
             louder = sorted({name for names in client.run(louder_than_quiet).values() for name in names})
             if louder:
                 log.info("Dask runner: the workers run Dask's background work more often than this job needs "
-                         "(~5%% of their CPU); start them with %s, as slurm/preprocess.sbatch does",
+                         "(each wake-up takes the GIL from the stages); start them with %s, as slurm/preprocess.sbatch does",
                          " ".join(f"{name}={value}" for name, value in environment().items() if name in louder))
         if not dask.npartitions and not dask.partition_size:
             dask.npartitions = max(1, parts)

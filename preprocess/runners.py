@@ -5,8 +5,9 @@
 * ``--runner dask`` (or ``DaskRunner``, or its full name): Beam's Dask runner on the
   ``dask.distributed`` cluster named by ``--dask_scheduler_file`` or
   ``--dask_client_address``; without either, a local cluster of one worker process per core,
-  started and stopped by :func:`preprocess.cluster.dask_cluster`. :func:`run_on_dask` checks the pipeline's shape first
-  (:func:`check_dask_shape`), sizes the input partitions to the cluster, and closes its client.
+  started and stopped by :func:`preprocess.cluster.dask_cluster`. :func:`run_on_dask` checks the
+  pipeline's shape first (:func:`check_dask_shape`), sizes the input partitions to the cluster,
+  and closes its client.
 * Any other runner option is passed through unchanged (Dataflow, Flink, Spark, portable).
 
 Beam's Dask runner (Beam 2.71 to 2.78, as tested) translates a pipeline into Dask bags and runs some shapes
